@@ -1,0 +1,30 @@
+import pytest
+import torch
+from torch import nn
+
+
+class LinearClassifier(nn.Module):
+    """f(x) = W flatten(x) + b: input gradients are known in closed form."""
+
+    def __init__(self, in_features: int = 12, num_classes: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.fc = nn.Linear(in_features, num_classes, dtype=torch.float64)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.randn(num_classes, in_features, generator=g, dtype=torch.float64))
+            self.fc.bias.copy_(torch.randn(num_classes, generator=g, dtype=torch.float64))
+        self.num_classes = num_classes
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+@pytest.fixture
+def linear_model():
+    return LinearClassifier()
+
+
+@pytest.fixture
+def images():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(4, 3, 2, 2, generator=g, dtype=torch.float64)

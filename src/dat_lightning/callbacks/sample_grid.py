@@ -1,0 +1,57 @@
+"""Log a grid of class-conditional samples (rows = classes) to the logger and to disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torchvision.utils import make_grid, save_image
+
+from dat_lightning.callbacks.ema import evaluation_net
+from dat_lightning.generate import generate_batches
+from dat_lightning.loggers import log_image
+
+
+class SampleGrid(Callback):
+    """Every ``every_n_epochs`` training epochs (and at the end of training) draw
+    ``per_class`` samples of each class from fixed seeds, so grids are comparable over time.
+
+    The PNG lands in ``<log dir>/samples/epoch_XXX.png``; the last one is also ``samples/last.png``.
+    """
+
+    def __init__(self, step_size: float, steps: int, per_class: int = 8, every_n_epochs: int = 1,
+                 conditional: bool = True) -> None:
+        self.step_size = step_size
+        self.steps = steps
+        self.per_class = per_class
+        self.every_n_epochs = every_n_epochs
+        self.conditional = conditional
+        self.last_path: Path | None = None
+
+    def draw(self, trainer: Trainer, pl_module: LightningModule, tag: str) -> Path | None:
+        if not trainer.is_global_zero:
+            return None
+        net = evaluation_net(trainer, pl_module)
+        k = pl_module.net.num_classes
+        samples = torch.cat([x for x, _ in generate_batches(
+            net, trainer.datamodule.ood, self.per_class * k, k, step_size=self.step_size,
+            steps=self.steps, batch_size=max(k, 100), conditional=self.conditional)])
+        # labels are i % K: reorder so that each row of the grid is one class
+        order = torch.arange(len(samples)).view(self.per_class, k).t().reshape(-1)
+        grid = make_grid(samples[order], nrow=self.per_class, padding=1, pad_value=1.0)
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{tag}.png"
+        save_image(grid, path)
+        save_image(grid, out_dir / "last.png")
+        log_image(trainer, "samples/grid", grid, step=trainer.global_step)
+        self.last_path = path
+        return path
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.draw(trainer, pl_module, f"epoch_{trainer.current_epoch:03d}")
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.draw(trainer, pl_module, "final")

@@ -1,0 +1,229 @@
+"""DATModule: the LightningModule that orchestrates both stages of Dual Adversarial Training.
+
+The maths lives in pure functions (:mod:`attacks`, :mod:`sampling`, :mod:`losses`); this
+module only wires them to batches, optimizers and logs. Optimization is manual because one
+step runs inner loops (attack, chain) that must not touch parameter gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from dat_lightning.attacks import NORMS, check_positive, pgd_attack
+from dat_lightning.batchnorm import has_training_batchnorm
+from dat_lightning.checkpoints import classifier_state_dict, load_matching, read_checkpoint
+from dat_lightning.energy import joint_energy, marginal_energy
+from dat_lightning.losses import bce_energy_loss, conditional_auc
+from dat_lightning.sampling import pgd_sample
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+def validate_attack(name: str, attack: Mapping[str, Any]) -> dict[str, Any]:
+    """Check an attack config early so a typo fails at start-up, not mid-epoch."""
+    attack = dict(attack)
+    if attack.get("norm") not in NORMS:
+        raise ValueError(f"{name}.norm must be one of {NORMS}, got {attack.get('norm')!r}")
+    check_positive(**{f"{name}.eps": attack["eps"], f"{name}.step_size": attack["step_size"]})
+    if int(attack["steps"]) < 0:
+        raise ValueError(f"{name}.steps must be >= 0, got {attack['steps']}")
+    return attack
+
+
+class DATModule(LightningModule):
+    """Dual Adversarial Training of one classifier ``net`` (images in [0, 1] -> logits).
+
+    Args:
+        net: the classifier (a :class:`~dat_lightning.models.Classifier`).
+        clf_attack: discriminative PGD of training: ``norm, eps, step_size, steps[, random_init]``.
+        gen_attack: generative chain: ``step_size, start_steps, max_steps, conditional``;
+            the chain length T itself is ``self.gen_steps``, set by the curriculum callback.
+        val_attack: PGD used for robust accuracy in validation (defaults to ``clf_attack``).
+        optimizer_stage1/optimizer_stage2: partial optimizers taking ``params``.
+        scheduler_stage1/scheduler_stage2: partial LR schedulers taking ``optimizer``, stepped
+            once per epoch of their stage; None keeps the LR constant.
+        stage2_start_epoch: the epoch at which stage two starts (0 needs ``init_ckpt``).
+        init_ckpt: stage-one weights (training checkpoint or plain state dict) to start from.
+        init_ckpt_ema: take the EMA weights of a training checkpoint (if it has them).
+        ce_weight/bce_weight: weights of L_AT-CE and L_BCE in the stage-two loss.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        clf_attack: Mapping[str, Any],
+        gen_attack: Mapping[str, Any],
+        optimizer_stage1: OptimizerFactory,
+        optimizer_stage2: OptimizerFactory,
+        scheduler_stage1: SchedulerFactory | None = None,
+        scheduler_stage2: SchedulerFactory | None = None,
+        val_attack: Mapping[str, Any] | None = None,
+        stage2_start_epoch: int = 0,
+        init_ckpt: str | None = None,
+        init_ckpt_ema: bool = True,
+        ce_weight: float = 1.0,
+        bce_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.net = net
+        self.clf_attack = validate_attack("clf_attack", clf_attack)
+        self.val_attack = validate_attack("val_attack", val_attack or clf_attack)
+        self.gen_attack = dict(gen_attack)
+        check_positive(**{"gen_attack.step_size": self.gen_attack["step_size"]})
+        if not 0 <= int(self.gen_attack["start_steps"]) <= int(self.gen_attack["max_steps"]):
+            raise ValueError("gen_attack needs 0 <= start_steps <= max_steps")
+        if stage2_start_epoch < 0:
+            raise ValueError(f"stage2_start_epoch must be >= 0, got {stage2_start_epoch}")
+        if stage2_start_epoch == 0 and init_ckpt is None:
+            raise ValueError(
+                "stage two was asked for from the first epoch with no stage-one model: set "
+                "stage1_epochs > 0 to train stage one first, or init_ckpt=PATH to start from a "
+                "stage-one (robust) checkpoint."
+            )
+        self.optimizer_stage1 = optimizer_stage1
+        self.optimizer_stage2 = optimizer_stage2
+        self.scheduler_stage1 = scheduler_stage1
+        self.scheduler_stage2 = scheduler_stage2
+        self.stage2_start_epoch = stage2_start_epoch
+        self.ce_weight = ce_weight
+        self.bce_weight = bce_weight
+        self.gen_steps = int(self.gen_attack["start_steps"])
+        self.experiment_config: dict[str, Any] | None = None
+        num_classes = getattr(net, "num_classes", None)
+        self.val_acc_clean = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.val_acc_robust = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        if init_ckpt is not None:
+            state = classifier_state_dict(read_checkpoint(init_ckpt), ema=init_ckpt_ema)
+            load_matching(self.net, state, source=f"init_ckpt {init_ckpt}")
+
+    # ------------------------------------------------------------------ stages
+    @property
+    def stage(self) -> int:
+        """1 (adversarial training) before ``stage2_start_epoch``, 2 (DAT) from then on."""
+        return 2 if self.current_epoch >= self.stage2_start_epoch else 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    # ------------------------------------------------------------------ training
+    def stage_one_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """L_AT-CE (Eq. 10-11) on PGD examples."""
+        x_adv = pgd_attack(self.net, x, y, **self.clf_attack)
+        logits_adv = self.net(x_adv)
+        loss_ce = F.cross_entropy(logits_adv.float(), y)
+        stats = {"loss_ce": loss_ce.detach(), "acc_adv": (logits_adv.argmax(1) == y).float().mean()}
+        return self.ce_weight * loss_ce, stats
+
+    def generate(self, x0: Tensor, y: Tensor | None, steps: int) -> Tensor:
+        """The training chain: ``steps`` normalized-gradient steps from ``x0`` (Eq. 14 or Eq. 8)."""
+        target = y if self.gen_attack.get("conditional", True) else None
+        return pgd_sample(self.net, x0, target, step_size=self.gen_attack["step_size"], steps=steps)
+
+    def stage_two_loss(
+        self, x: Tensor, y: Tensor, x_hat: Tensor, y_hat: Tensor, x0: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """L = w_ce L_AT-CE + w_bce L_BCE (Eq. 9) with ancestral samples ``y' = y_hat``."""
+        if has_training_batchnorm(self.net):
+            raise RuntimeError(
+                "stage two runs with BatchNorm in train mode; add the FreezeBatchNorm callback "
+                "(callbacks.freeze_bn in the configs)."
+            )
+        ce_loss, stats = self.stage_one_loss(x, y)
+        x_fake = self.generate(x0, y_hat, self.gen_steps)
+        logits_real = self.net(x_hat)
+        logits_fake = self.net(x_fake)
+        loss_bce = bce_energy_loss(logits_real, logits_fake)
+        stats |= {
+            "loss_bce": loss_bce.detach(),
+            "energy_real": marginal_energy(logits_real).mean().detach(),
+            "energy_fake": marginal_energy(logits_fake).mean().detach(),
+            "joint_energy_real": joint_energy(logits_real, y_hat).mean().detach(),
+            "joint_energy_fake": joint_energy(logits_fake, y_hat).mean().detach(),
+            "auc": conditional_auc(logits_real, y_hat, logits_fake, y_hat),
+        }
+        return ce_loss + self.bce_weight * loss_bce, stats
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        x, y = batch["clf"]
+        if self.stage == 1:
+            loss, stats = self.stage_one_loss(x, y)
+        else:
+            x_hat, y_hat = batch["gen"]
+            loss, stats = self.stage_two_loss(x, y, x_hat, y_hat, batch["ood"])
+        optimizer = self.active_optimizer()
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+        stats |= {"loss": loss.detach(), "stage": torch.tensor(float(self.stage))}
+        stats["gen_steps"] = torch.tensor(float(self.gen_steps))
+        self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=True, on_epoch=False,
+                      batch_size=len(x))
+        self.log("train/acc_adv_epoch", stats["acc_adv"], on_step=False, on_epoch=True,
+                 prog_bar=True, batch_size=len(x))
+        return stats
+
+    def active_optimizer(self) -> Any:
+        optimizers = self.optimizers()
+        if not isinstance(optimizers, list):
+            return optimizers
+        return optimizers[self.stage - 1]
+
+    def on_train_epoch_end(self) -> None:
+        schedulers = self.lr_schedulers()
+        if schedulers is None:
+            return
+        by_stage = dict(zip(self._scheduler_stages, schedulers if isinstance(schedulers, list) else [schedulers]))
+        if self.stage in by_stage:
+            by_stage[self.stage].step()
+
+    def configure_optimizers(self) -> Any:
+        optimizers, schedulers, self._scheduler_stages = [], [], []
+        for stage, (make_opt, make_sched) in enumerate(
+            [(self.optimizer_stage1, self.scheduler_stage1), (self.optimizer_stage2, self.scheduler_stage2)], 1
+        ):
+            opt = make_opt(params=self.net.parameters())
+            optimizers.append(opt)
+            if make_sched is not None:
+                schedulers.append(make_sched(optimizer=opt))
+                self._scheduler_stages.append(stage)
+        return optimizers, schedulers
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                "robust validation needs gradients but the trainer runs evaluation in inference mode: "
+                "set trainer.inference_mode=false."
+            )
+        x, y = batch
+        logits = self.net(x)
+        x_adv = pgd_attack(self.net, x, y, **self.val_attack)
+        with torch.no_grad():
+            logits_adv = self.net(x_adv)
+        self.val_acc_clean(logits, y)
+        self.val_acc_robust(logits_adv, y)
+        self.log("val/acc_clean", self.val_acc_clean, prog_bar=True, batch_size=len(x))
+        self.log("val/acc_robust", self.val_acc_robust, prog_bar=True, batch_size=len(x))
+        self.log("val/energy", marginal_energy(logits).mean(), batch_size=len(x))
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A plain dict (no OmegaConf objects) so that weights_only=True loading works.
+        if self.experiment_config is not None:
+            checkpoint["dat_config"] = self.experiment_config
+        checkpoint["dat_gen_steps"] = self.gen_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.gen_steps = int(checkpoint.get("dat_gen_steps", self.gen_steps))

@@ -15,6 +15,7 @@ REGISTERED_MODELS = (
     "wrn16_4",
     "wrn16_2",
     "wrn10_2",
+    "wrn10_1",
     "convnext_large_convstem",
     "convnext_tiny_convstem",
 )

@@ -51,7 +51,8 @@ class FIDCallback(Callback):
         name = getattr(trainer.datamodule, "name", type(trainer.datamodule).__name__)
         return Path(self.cache_dir) / f"{name}_train_{self.metric_name}_{self.num_real}.pt"
 
-    def compute(self, trainer: Trainer, pl_module: LightningModule) -> float:
+    def compute(self, trainer: Trainer, pl_module: LightningModule, num_samples: int | None = None,
+                progress: bool = False) -> float:
         if self._fid is None:
             self._fid = make_fid(self.extractor).to(pl_module.device)
             fill_real_statistics(self._fid, self._real_batches(trainer), self._cache_file(trainer))
@@ -59,9 +60,10 @@ class FIDCallback(Callback):
         net = evaluation_net(trainer, pl_module)
         k = pl_module.net.num_classes
         # Seeds start past the sample grid's, over the whole seed source.
-        for x, _ in generate_batches(net, trainer.datamodule.ood, self.num_samples, k,
+        for x, _ in generate_batches(net, trainer.datamodule.ood, num_samples or self.num_samples, k,
                                      step_size=self.step_size, steps=self.steps,
-                                     batch_size=self.batch_size, seed_offset=10_000):
+                                     batch_size=self.batch_size, seed_offset=10_000,
+                                     progress=progress):
             self._fid.update(x.to(pl_module.device), real=False)
         value = float(self._fid.compute())
         self.last_value = value

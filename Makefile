@@ -1,0 +1,54 @@
+# dat-lightning: `make train` runs the main job on the embedded default, `make test` the tests.
+# Both install what they need first (a .venv in the repo with the whole stack).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch and torchvision must be a matching pair from PyPI (the CUDA build also runs on CPU).
+# Pip config files on some machines point at a local CPU-only torch wheel that is incompatible
+# with PyPI's torchvision, so this one install ignores them.
+TORCH_SPEC ?= torch==2.13.0 torchvision==0.28.0
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: install fashion-mnist train test test-full lint reproduce bench clean
+
+install: $(VENV)/.installed fashion-mnist
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -c "import torch, torchvision.ops; torchvision.ops.nms(torch.rand(1, 4), torch.rand(1), 0.5)" \
+	  || { echo "torch/torchvision mismatch: reinstall with TORCH_SPEC='torch==X torchvision==Y'"; exit 1; }
+	touch $@
+
+# The Debian package holds the real Fashion-MNIST files used offline by the default job.
+fashion-mnist:
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Installing dataset-fashion-mnist (Debian package)"; \
+	  (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null; \
+	else \
+	  echo "Fashion-MNIST not found in $(FMNIST_DIR): run 'sudo apt-get install dataset-fashion-mnist'," \
+	       "or train with data.train_set.download=true data.val_set.download=true (needs internet)."; \
+	fi
+
+train: install
+	$(PY) -m dat_lightning.train
+
+test: install
+	$(PY) -m pytest -m "not slow" -q
+
+test-full: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(PY) -m ruff check src tests bench
+
+reproduce: install
+	bash scripts/reproduce.sh
+
+bench: install
+	$(PY) -m bench.run
+
+clean:
+	rm -rf outputs multirun .pytest_cache

@@ -28,3 +28,11 @@ def linear_model():
 def images():
     g = torch.Generator().manual_seed(1)
     return torch.rand(4, 3, 2, 2, generator=g, dtype=torch.float64)
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory):
+    """One tiny default training run per session (stage1.ckpt, last.ckpt) for evaluation tests."""
+    from helpers import train_tiny_checkpoints
+
+    return train_tiny_checkpoints(tmp_path_factory.mktemp("tiny_run"))

@@ -113,6 +113,31 @@ def pgd_attack(
     Returns:
         Adversarial images in the eps-ball around ``x`` and in [0, 1], detached.
     """
+
+    def objective(z: Tensor) -> Tensor:
+        return F.cross_entropy(model(z).float(), y, reduction="sum")
+
+    return pgd_maximize(objective, x, norm=norm, eps=eps, step_size=step_size, steps=steps,
+                        random_init=random_init, generator=generator)
+
+
+def pgd_maximize(
+    objective: Callable[[Tensor], Tensor],
+    x: Tensor,
+    *,
+    norm: str,
+    eps: float,
+    step_size: float,
+    steps: int,
+    random_init: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Projected gradient ascent of ``objective(x).sum()`` inside the eps-ball around ``x``.
+
+    The loop of every eps-ball attack (SPEC "PGD details": step, then project; 0 steps returns
+    ``x``): untargeted PGD on CE, targeted counterfactuals (ascend ``f(x)[y']``), adversarial OOD
+    (ascend a confidence score). ``objective`` maps a batch to per-sample values.
+    """
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if steps < 0:
@@ -122,10 +147,6 @@ def pgd_attack(
     check_positive(eps=eps, step_size=step_size)
     x_orig = x.detach()
     x_adv = random_start(x_orig, eps, norm, generator) if random_init else x_orig
-
-    def objective(z: Tensor) -> Tensor:
-        return F.cross_entropy(model(z).float(), y, reduction="sum")
-
     for _ in range(steps):
         g = input_gradient(objective, x_adv)
         x_adv = project(ascent_step(x_adv, g, step_size, norm), x_orig, eps, norm)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from unittest import mock
+from urllib.error import URLError
 
 import torch
 import torch.nn.functional as F
+import torch_fidelity.feature_extractor_inceptionv3 as _fidelity_inception
 from torch import Tensor, nn
 
 from dat_lightning.checkpoints import read_checkpoint
@@ -65,12 +68,73 @@ class CifarResNet18Features(nn.Module):
         out = n.layer4(n.layer3(n.layer2(n.layer1(out))))
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
 
+    @torch.no_grad()
+    def logits_from_features(self, features: Tensor) -> Tensor:
+        """CIFAR-10 class logits of the network's own head, for the Inception Score."""
+        return self.net.linear(features.float())
 
-EXTRACTORS = {"cifar_resnet18": CifarResNet18Features}
+
+INCEPTION_URL = _fidelity_inception.URL_INCEPTION_V3
+
+
+def _inception_state(weights_path: str | Path | None) -> dict[str, Tensor]:
+    """The standard FID Inception-v3 weights (torch-fidelity's TF port), loaded weights-only."""
+    if weights_path is not None:
+        return read_checkpoint(weights_path)
+    try:
+        return torch.hub.load_state_dict_from_url(INCEPTION_URL, progress=False, weights_only=True)
+    except (OSError, URLError) as err:  # no network, DNS failure, refused connection, ...
+        raise RuntimeError(
+            f"cannot download the Inception-v3 FID weights ({type(err).__name__}: {err}). Offline, copy "
+            f"{INCEPTION_URL} to this machine and pass its path as the extractor's weights_path "
+            "(evaluate/sample: fid.weights_path=/path/to/weights-inception-2015-12-05-6726825d.pth), "
+            "or use the offline extractor fid.extractor=cifar_resnet18 (its scores are not Inception FID)."
+        ) from err
+
+
+class InceptionFeatures(nn.Module):
+    """Inception-v3 pool features (2048-d) and logits of the standard FID network (torch-fidelity).
+
+    Takes images in [0, 1] with 1 or 3 channels at any size: grayscale is repeated to RGB, then
+    the images are quantized to uint8 and resized to 299 exactly as torch-fidelity does, so
+    scores are comparable with published Inception FID / IS (for RGB data).
+    """
+
+    name = "inception_v3"
+    num_features = 2048
+
+    def __init__(self, weights_path: str | Path | None = None) -> None:
+        super().__init__()
+        state = _inception_state(weights_path)
+        # torch-fidelity would load (or download) the file itself with weights_only=False; hand it
+        # the weights read above instead, so every load in the project stays weights-only.
+        with mock.patch.object(_fidelity_inception, "load_state_dict_from_url", lambda *a, **k: state):
+            self.net = _fidelity_inception.FeatureExtractorInceptionV3(
+                "inception-v3-compat", ["2048", "logits_unbiased"])
+        self.net.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> InceptionFeatures:
+        return super().train(False)  # a metric's network never trains
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        features, _ = self.net((x.clamp(0, 1) * 255).round().to(torch.uint8))
+        return features
+
+    @torch.no_grad()
+    def logits_from_features(self, features: Tensor) -> Tensor:
+        """The unbiased 1008-way logits torch-fidelity uses for the Inception Score."""
+        return features.float() @ self.net.fc.weight.T
+
+
+EXTRACTORS = {"cifar_resnet18": CifarResNet18Features, "inception": InceptionFeatures}
 
 
 def build_extractor(name: str, **kwargs) -> nn.Module:
-    """An extractor by registry name (``cifar_resnet18``); unknown names list the valid ones."""
+    """An extractor by registry name (``cifar_resnet18``, ``inception``; both take ``weights_path``);
+    unknown names list the valid ones."""
     if name not in EXTRACTORS:
         raise ValueError(f"unknown feature extractor {name!r}; choose one of {sorted(EXTRACTORS)}")
     return EXTRACTORS[name](**kwargs)

@@ -12,9 +12,13 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 _REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
 
 
-def make_fid(extractor: nn.Module) -> FrechetInceptionDistance:
-    """A torchmetrics FID over ``extractor`` features that keeps real statistics across resets."""
-    return FrechetInceptionDistance(feature=extractor, normalize=True, reset_real_features=False)
+def make_fid(extractor: nn.Module, **metric_kwargs) -> FrechetInceptionDistance:
+    """A torchmetrics FID over ``extractor`` features that keeps real statistics across resets.
+
+    ``metric_kwargs`` go to torchmetrics' ``Metric`` (e.g. ``sync_on_compute=False``).
+    """
+    return FrechetInceptionDistance(feature=extractor, normalize=True, reset_real_features=False,
+                                    **metric_kwargs)
 
 
 def fill_real_statistics(

@@ -1,0 +1,136 @@
+"""From a checkpoint file to an eval-mode classifier (and the config it was trained with).
+
+A training checkpoint carries ``dat_config`` (the resolved Hydra config as a plain dict), so it is
+self-describing. A plain state dict (or a public robust model, see :mod:`dat_lightning.pretrained`)
+needs the experiment config it belongs to: an experiment name such as ``"fmnist_dat"``, a YAML
+file (e.g. a run's ``.hydra/config.yaml``) or a mapping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.initialize import get_gh_backup, restore_gh_from_backup
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from dat_lightning.checkpoints import (
+    CheckpointError,
+    classifier_state_dict,
+    load_matching,
+    read_checkpoint,
+)
+from dat_lightning.config import CONFIG_DIR, register_resolvers
+from dat_lightning.pretrained import detect_format, load_robust
+
+ConfigLike = str | Path | Mapping[str, Any] | DictConfig
+
+
+@dataclass
+class LoadedRun:
+    """A classifier restored from ``path`` with the experiment config that describes it."""
+
+    net: nn.Module
+    config: DictConfig
+    path: Path
+    gen_steps: int | None  # the curriculum's chain length T when the checkpoint was written
+
+
+def experiment_config(config: ConfigLike) -> DictConfig:
+    """A training config from an experiment name (``"fmnist_dat"``; ``"train"`` is the default
+    config), a YAML file, or a mapping / DictConfig (returned as a DictConfig)."""
+    if isinstance(config, DictConfig):
+        return config
+    if isinstance(config, Mapping):
+        return OmegaConf.create(dict(config))
+    text = str(config)
+    if text.endswith((".yaml", ".yml")) or Path(text).is_file():
+        if not Path(text).is_file():
+            raise FileNotFoundError(f"experiment config file not found: {text}")
+        return OmegaConf.load(text)
+    experiments = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+    if text not in ("train", "default") and text not in experiments:
+        raise ValueError(f"unknown experiment {text!r}: choose one of {['train', *experiments]}, "
+                         "or give a YAML file or a config mapping")
+    overrides = [] if text in ("train", "default") else [f"+experiment={text}"]
+    register_resolvers()
+    # Inside a running Hydra app (the evaluate / sample CLIs) Hydra is already initialized:
+    # compose in a fresh context and put the app's context back afterwards.
+    backup = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose("train", overrides=overrides)
+    finally:
+        restore_gh_from_backup(backup)
+
+
+def load_run(path: str | Path, ema: bool = True, config: ConfigLike | None = None,
+             format: str = "auto") -> LoadedRun:
+    """Read ``path`` (``weights_only=True``) and rebuild its classifier in eval mode.
+
+    Args:
+        path: a training checkpoint (``.ckpt``) or a plain state dict.
+        ema: take the EMA weights of a training checkpoint when it has both.
+        config: the experiment config for files without ``dat_config`` (it wins over
+            ``dat_config`` when both exist); see :func:`experiment_config`.
+        format: layout of a foreign state dict (``auto``, ``dat``, ``robustbench``, ...; see
+            :mod:`dat_lightning.pretrained`).
+    """
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    if config is not None:
+        cfg = experiment_config(config)
+    elif "dat_config" in ckpt:
+        cfg = OmegaConf.create(ckpt["dat_config"])
+    else:
+        raise CheckpointError(
+            f"{path} is a plain state dict without the config it was trained with: pass the "
+            "experiment, e.g. load_classifier(path, config='fmnist_dat') (CLIs: config=fmnist_dat), "
+            "a YAML file, or a mapping with model.net (and data, for evaluation)."
+        )
+    if OmegaConf.select(cfg, "model.net") is None:
+        raise CheckpointError(f"the config for {path} has no model.net node to build the classifier from")
+    net = hydra.utils.instantiate(cfg.model.net)
+    kind = detect_format(ckpt) if format == "auto" else format
+    if kind == "dat":
+        state = classifier_state_dict(ckpt, ema=ema)
+    else:  # a public robust model: convert its layout (reads the file again; rare)
+        state = load_robust(kind, path, net, ema=ema)
+    load_matching(net, state, source=str(path))
+    net.eval().requires_grad_(False)
+    gen_steps = ckpt.get("dat_gen_steps")
+    return LoadedRun(net=net, config=cfg, path=path, gen_steps=None if gen_steps is None else int(gen_steps))
+
+
+def load_classifier(path: str | Path, ema: bool = True, config: ConfigLike | None = None,
+                    format: str = "auto") -> nn.Module:
+    """The classifier of a checkpoint: an eval-mode ``nn.Module``, images in [0, 1] -> logits.
+
+    ``ema`` picks the EMA weights of a training checkpoint; a plain state dict needs ``config``
+    (an experiment name such as ``"fmnist_dat"``, a YAML file or a mapping). Parameters are
+    frozen (``requires_grad=False``); input gradients still flow for attacks and sampling.
+    """
+    return load_run(path, ema=ema, config=config, format=format).net
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA when available, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def build_datamodule(cfg: DictConfig, overrides: Mapping[str, Any] | None = None, **kwargs: Any):
+    """The run's :class:`~dat_lightning.data.DATDataModule`, with ``overrides`` merged into its
+    ``data`` node (e.g. another dataset root) and ``kwargs`` (batch_size, num_workers) on top."""
+    if overrides:  # merged at the root so that interpolations such as ${seed} still resolve
+        cfg = OmegaConf.merge(cfg, {"data": OmegaConf.to_container(OmegaConf.create(dict(overrides)))})
+    return hydra.utils.instantiate(cfg.data, **kwargs)

@@ -1,0 +1,59 @@
+"""Writing what the evaluation CLIs measure: one JSON file, and the same numbers (and pictures)
+to the configured Lightning loggers (CSV, W&B)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig
+from torchvision.io import ImageReadMode, read_image
+
+from dat_lightning.loggers import log_image_to
+
+
+def flatten_numbers(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Every int/float leaf of a nested report as ``"a/b/c": value`` (booleans and strings left out)."""
+    out: dict[str, float] = {}
+    for key, value in tree.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out |= flatten_numbers(value, name)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    return path
+
+
+def make_loggers(group: DictConfig | None) -> list[Logger]:
+    """The loggers of a ``logger`` config group (``csv``, ``wandb``; null for none)."""
+    from dat_lightning.train import instantiate_all
+
+    return instantiate_all(group)
+
+
+def log_numbers(loggers: list[Logger], numbers: Mapping[str, float], step: int = 0) -> None:
+    for logger in loggers:
+        logger.log_metrics(dict(numbers), step=step)
+
+
+def log_pictures(loggers: list[Logger], pictures: Mapping[str, str | Path], step: int = 0) -> None:
+    """Log PNG files as images (W&B / TensorBoard; a CSV logger keeps the files only)."""
+    for key, path in pictures.items():
+        image = read_image(str(path), mode=ImageReadMode.RGB).to(torch.float32) / 255.0
+        log_image_to(loggers, key, image, step=step)
+
+
+def close_loggers(loggers: list[Logger]) -> None:
+    for logger in loggers:
+        logger.finalize("success")

@@ -1,0 +1,213 @@
+"""Shared test helpers: compose the repository's Hydra config the way the CLI does."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from dat_lightning.config import CONFIG_DIR, register_resolvers
+
+register_resolvers()
+
+# A run small enough for a CPU test: a few steps of the tiny WRN on Fashion-MNIST with every
+# callback of the default config, each shrunk (FID on 20 samples, one sample per class in grids).
+TINY_FMNIST = (
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "data.val_size=32",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=1",
+    "trainer.log_every_n_steps=1",
+    "++trainer.enable_progress_bar=false",
+    "++trainer.enable_model_summary=false",
+    "model.clf_attack.steps=1",
+    "model.val_attack.steps=1",
+    "model.gen_attack.max_steps=2",
+    "model.gen_attack.start_steps=1",
+    "sampling.steps=1",
+    "callbacks.sample_grid.per_class=1",
+    "callbacks.fid.num_samples=20",
+    "callbacks.fid.num_real=100",
+    "++callbacks.fid.batch_size=50",
+    "summary.enabled=false",
+)
+# Append to drop the FID machinery (extractor, real statistics, best-FID checkpoint) from a run.
+NO_FID = ("callbacks.fid=null",)
+
+
+def compose_config(tmp_path: Path, overrides: Sequence[str] = (), tiny: bool = True) -> DictConfig:
+    """The resolved-on-access training config for ``overrides``, outputs under ``tmp_path``.
+
+    Sets the HydraConfig singleton too, so ``${hydra:...}`` interpolations resolve as in a CLI run,
+    and returns the config without its ``hydra`` node, as ``@hydra.main`` hands it to ``run``.
+    ``tiny`` prepends :data:`TINY_FMNIST` (later overrides win).
+    """
+    base = [*TINY_FMNIST] if tiny else []
+    overrides = [*base, f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path}/cache",
+                 *overrides]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=_dedupe(overrides), return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    return drop_hydra(cfg)
+
+
+def _dedupe(overrides: Sequence[str]) -> list[str]:
+    """Hydra rejects the same key twice; keep the last value of each key (in first position)."""
+    def key(item: str) -> str:
+        return item.split("=", 1)[0].lstrip("+~")
+
+    last = {key(item): item for item in overrides}
+    seen, out = set(), []
+    for item in overrides:
+        k = key(item)
+        if k not in seen:
+            seen.add(k)
+            out.append(last[k])
+    return out
+
+
+def drop_hydra(cfg: DictConfig) -> DictConfig:
+    """``cfg`` without its ``hydra`` node (what a @hydra.main task function receives)."""
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
+def save_fresh_state(net: torch.nn.Module, path: Path) -> Path:
+    """Save ``net``'s weights as a plain state dict (a stand-in stage-one model for init_ckpt)."""
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def batchnorm_stats(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every BatchNorm buffer (running mean/var, num_batches_tracked) by name."""
+    from dat_lightning.batchnorm import batchnorm_layers
+
+    names = {id(m): n for n, m in module.named_modules()}
+    out = {}
+    for bn in batchnorm_layers(module):
+        for key, buf in bn.named_buffers(recurse=False):
+            if buf is not None:
+                out[f"{names[id(bn)]}.{key}"] = buf.detach().clone()
+    return out
+
+
+def batchnorm_affine(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every BatchNorm's affine weight and bias by name."""
+    from dat_lightning.batchnorm import batchnorm_layers
+
+    names = {id(m): n for n, m in module.named_modules()}
+    out = {}
+    for bn in batchnorm_layers(module):
+        for key, p in bn.named_parameters(recurse=False):
+            out[f"{names[id(bn)]}.{key}"] = p.detach().clone()
+    return out
+
+
+def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def fit_tiny(tmp_path: Path, overrides: Sequence[str] = (), callbacks: Sequence = (),
+             ckpt_path: str | None = None):
+    """Build the tiny run of ``overrides`` with extra ``callbacks`` and fit it.
+
+    Returns ``(cfg, datamodule, module, trainer)``.
+    """
+    from dat_lightning.train import build
+
+    cfg = compose_config(tmp_path, overrides)
+    datamodule, module, trainer = build(cfg)
+    trainer.callbacks.extend(callbacks)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    return cfg, datamodule, module, trainer
+
+
+class Recorder(Callback):
+    """Copies of what a test needs to see at training hooks, in order, as dicts in ``events``.
+
+    Every event has the hook name, epoch, batch index (or None), global step, the module's stage
+    and T, the raw (training) model's BatchNorm buffers, BN affine weights and all parameters,
+    and per optimizer the number of parameters with state the learning rate and copies of its state tensors. At epoch end
+    it also copies the parameters of ``evaluation_net`` (what grids and FID sample from).
+    """
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+
+    def _record(self, hook: str, trainer, pl_module, batch_idx=None, **extra) -> None:
+        optimizers = [getattr(o, "optimizer", o) for o in trainer.optimizers]
+        self.events.append({
+            "hook": hook, "epoch": trainer.current_epoch, "batch_idx": batch_idx,
+            "global_step": trainer.global_step, "stage": pl_module.stage,
+            "gen_steps": pl_module.gen_steps,
+            "bn": batchnorm_stats(pl_module.net), "affine": batchnorm_affine(pl_module.net),
+            "params": {n: p.detach().clone() for n, p in pl_module.net.named_parameters()},
+            "opt_state": [len(o.state) for o in optimizers],
+            "lr": [o.param_groups[0]["lr"] for o in optimizers],
+            "opt_tensors": [[v.detach().clone() for st in o.state.values() for v in st.values()
+                             if isinstance(v, torch.Tensor)] for o in optimizers],
+            **extra,
+        })
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._record("batch_start", trainer, pl_module, batch_idx)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        auc = outputs.get("auc") if isinstance(outputs, dict) else None
+        self._record("batch_end", trainer, pl_module, batch_idx,
+                     auc=None if auc is None else float(auc))
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._record("epoch_start", trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        from dat_lightning.callbacks.ema import evaluation_net
+
+        net = evaluation_net(trainer, pl_module)
+        self._record("epoch_end", trainer, pl_module, eval_is_raw=net is pl_module.net,
+                     eval_params={n: p.detach().clone() for n, p in net.named_parameters()})
+
+    def where(self, **match) -> list[dict]:
+        """The events whose fields equal ``match`` (e.g. ``hook="batch_end", stage=2``)."""
+        return [e for e in self.events if all(e.get(k) == v for k, v in match.items())]
+
+
+def train_tiny_checkpoints(tmp_path: Path) -> Path:
+    """Train the tiny default run (one epoch per stage) with ``train.run``; returns its output dir,
+    holding ``checkpoints/stage1.ckpt`` and ``checkpoints/last.ckpt`` (for evaluation tests)."""
+    from dat_lightning.train import run
+
+    run(compose_config(tmp_path, ["stage1_epochs=1", "stage2_epochs=1", *NO_FID]))
+    return tmp_path
+
+
+# -- the command line, as a user runs it ---------------------------------------------------------
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """Environment of a CLI subprocess: one CPU thread (tests share the cores), Hydra's short
+    error reports (no HYDRA_FULL_ERROR), unbuffered output."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def run_cli(args: Sequence[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300,
+            module: str = "dat_lightning.train"):
+    """``python -m <module> *args`` in ``cwd``; returns the CompletedProcess (stdout, stderr text)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env or cli_env(),
+                          capture_output=True, text=True, timeout=timeout)

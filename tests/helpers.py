@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Callback
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch import Callback
 from omegaconf import DictConfig, open_dict
 
 from dat_lightning.config import CONFIG_DIR, register_resolvers
@@ -127,7 +127,8 @@ def fit_tiny(tmp_path: Path, overrides: Sequence[str] = (), callbacks: Sequence 
     cfg = compose_config(tmp_path, overrides)
     datamodule, module, trainer = build(cfg)
     trainer.callbacks.extend(callbacks)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    # weights_only=True as in dat_lightning.train.run: a resumable checkpoint must load safely.
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     return cfg, datamodule, module, trainer
 
 
@@ -179,6 +180,28 @@ class Recorder(Callback):
     def where(self, **match) -> list[dict]:
         """The events whose fields equal ``match`` (e.g. ``hook="batch_end", stage=2``)."""
         return [e for e in self.events if all(e.get(k) == v for k, v in match.items())]
+
+
+_SHARED_RUNS: dict[str, object] = {}
+
+
+def two_stage_run(tmp_path_factory):
+    """One tiny fit shared by the tests of a session (module and callback tests read it, never
+    change it): stage one for 1 epoch, stage two for 2, every callback of the default config
+    (EMA, grid, FID, checkpoints), validation after the 2nd of 3 batches so training batches
+    follow it, and a :class:`Recorder`. Returns a namespace: cfg, module, trainer, recorder, dir.
+    """
+    if "two_stage" not in _SHARED_RUNS:
+        from types import SimpleNamespace
+
+        run_dir = tmp_path_factory.mktemp("two_stage")
+        recorder = Recorder()
+        cfg, _, module, trainer = fit_tiny(
+            run_dir, ["stage1_epochs=1", "stage2_epochs=2", "++trainer.val_check_interval=2"],
+            callbacks=[recorder])
+        _SHARED_RUNS["two_stage"] = SimpleNamespace(
+            cfg=cfg, module=module, trainer=trainer, recorder=recorder, dir=run_dir)
+    return _SHARED_RUNS["two_stage"]
 
 
 def train_tiny_checkpoints(tmp_path: Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,10 +27,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if refused is None and "safe_globals" not in str(err):  # not a refused class: bad bytes
+            raise CheckpointError(
+                f"{path} is truncated or corrupt and cannot be read (not a valid pickle: "
+                f"{_unpickler_detail(err)}). Re-download or re-copy it."
+            ) from err
+        what = f"the object {refused.group(1)}" if refused else "more than tensors and plain containers"
         raise CheckpointError(
-            f"{path} needs more than tensors and plain containers to load (weights_only=True refused it: "
-            f"{str(err).splitlines()[0]}). Arbitrary pickles can run code, so dat-lightning does not load "
-            "them. Re-save the weights as a plain state dict: torch.save(model.state_dict(), 'weights.pt')."
+            f"{path} needs {what} to load (weights_only=True refused it). Arbitrary pickles can "
+            "run code, so dat-lightning does not load them. Re-save the weights as a plain state "
+            "dict: torch.save(model.state_dict(), 'weights.pt')."
         ) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
         raise CheckpointError(
@@ -39,6 +47,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint or state dict")
     return dict(obj)
+
+
+def _unpickler_detail(err: Exception) -> str:
+    """The unpickler's own complaint inside torch's long weights_only message."""
+    match = re.search(r"WeightsUnpickler error: \s*(.+?)\s*(?:\n|$)", str(err))
+    return match.group(1) if match else str(err).splitlines()[0]
 
 
 def classifier_state_dict(ckpt: Mapping[str, Any], ema: bool = True) -> dict[str, Tensor]:

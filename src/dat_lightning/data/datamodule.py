@@ -17,7 +17,9 @@ when the source is larger (e.g. 80M Tiny Images), several concatenated permutati
 
 from __future__ import annotations
 
+import itertools
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -28,6 +30,9 @@ from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from dat_lightning.reliability.data_faults import SkipCorrupt, check_policy
+from dat_lightning.reliability.resumable_data import SeededItems, data_position, resume_point
+
 ImageTransform = Callable[[Image.Image], torch.Tensor]
 
 # Stream ids mixed into the sampler seeds so the three streams are independent.
@@ -37,6 +42,9 @@ STREAM_IDS = {"clf": 0, "gen": 1, "ood": 2}
 # (80M Tiny Images: 79M int64 = 634 MB per epoch); sample with replacement instead, where
 # duplicates are negligible (~n_draws^2 / (2 * n_items) of them, e.g. 16 for 50K of 79M).
 MAX_PERMUTATION_SIZE = 1 << 24
+
+# Offset of the stream id for the per-item augmentation seeds (independent of the orders).
+AUGMENTATION_SEED_STREAM = 1 << 20
 
 # Stands in for the epoch when seeding a loader's worker base seeds: far from any real epoch, so
 # it never equals a sampler seed.
@@ -61,10 +69,13 @@ class SeededRandomSampler(Sampler[int]):
         num_samples: indices per epoch (default ``num_items``). Fewer than ``num_items``: a random
             subset without replacement (with replacement above ``MAX_PERMUTATION_SIZE`` items);
             more: concatenated independent permutations.
+        with_seeds: yield ``(index, augmentation seed)`` pairs, for
+            :class:`~dat_lightning.reliability.resumable_data.SeededItems` (exact resume).
     """
 
     def __init__(
-        self, num_items: int, seed: int = 0, stream: int = 0, num_samples: int | None = None
+        self, num_items: int, seed: int = 0, stream: int = 0, num_samples: int | None = None,
+        with_seeds: bool = False,
     ):
         if num_items <= 0:
             raise ValueError(f"cannot sample from an empty dataset (num_items={num_items})")
@@ -73,6 +84,12 @@ class SeededRandomSampler(Sampler[int]):
         self.stream = int(stream)
         self.num_samples = self.num_items if num_samples is None else int(num_samples)
         self.epoch = 0
+        self.with_seeds = with_seeds
+        self._skip: tuple[int, int] | None = None
+
+    def skip_once(self, epoch: int, count: int) -> None:
+        """Drop the first ``count`` items the next time ``epoch`` is iterated (resume mid-epoch)."""
+        self._skip = (int(epoch), int(count))
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order ``__iter__`` yields (Lightning calls this every epoch)."""
@@ -90,8 +107,22 @@ class SeededRandomSampler(Sampler[int]):
         repeats = math.ceil(total / n)
         return torch.cat([torch.randperm(n, generator=generator) for _ in range(repeats)])[:total]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.epoch_indices().tolist())
+    def item_seeds(self, epoch: int | None = None) -> torch.Tensor:
+        """One augmentation seed per position of ``epoch``'s order (independent of the order)."""
+        epoch = self.epoch if epoch is None else epoch
+        generator = torch.Generator().manual_seed(
+            stream_seed(self.seed, self.stream + AUGMENTATION_SEED_STREAM, epoch)
+        )
+        return torch.randint(1 << 62, (self.num_samples,), generator=generator)
+
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
+        items: Iterator = iter(self.epoch_indices().tolist())
+        if self.with_seeds:
+            items = zip(items, self.item_seeds().tolist(), strict=True)
+        skip, self._skip = self._skip, None  # a pending skip applies to the next iteration only
+        if skip is not None and skip[0] == self.epoch:
+            items = itertools.islice(items, skip[1], None)
+        return items
 
     def __len__(self) -> int:
         return self.num_samples
@@ -141,6 +172,14 @@ class DATDataModule(pl.LightningDataModule):
         persistent_workers: keep workers alive between epochs; ``None``: when ``num_workers > 0``.
         name: short dataset name (e.g. ``"cifar10"``), used in cache file names such as the FID
             train statistics; default derived from the train set's type and size.
+        on_corrupt_image: ``"fail"``: an unreadable image stops the run with its path;
+            ``"skip"``: it is replaced by the next readable one, named in a warning and counted
+            (:mod:`dat_lightning.reliability.data_faults`).
+
+    Exact resume: every training item carries its own augmentation seed, and the datamodule's
+    checkpointed state (``state_dict``) records how many batches of the epoch were consumed, so a
+    run resumed mid-epoch sees the same remaining batches, augmented the same way
+    (:mod:`dat_lightning.reliability.resumable_data`).
     """
 
     def __init__(
@@ -162,6 +201,7 @@ class DATDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool | None = None,
         name: str | None = None,
+        on_corrupt_image: Literal["fail", "skip"] = "fail",
     ):
         super().__init__()
         if batch_size <= 0:
@@ -181,6 +221,9 @@ class DATDataModule(pl.LightningDataModule):
         )
         self.name = name or f"{type(train_set).__name__.lower()}{len(train_set)}"
         self._checked_stages: set[str] = set()
+        self.on_corrupt_image = check_policy(on_corrupt_image)
+        self._skip_counters: list[SkipCorrupt] = []
+        self._resume: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
 
     # -- what the model needs to know ---------------------------------------------------------
 
@@ -284,6 +327,11 @@ class DATDataModule(pl.LightningDataModule):
     def _loader(
         self, dataset: Dataset, sampler: Sampler | None, drop_last: bool, stream: int
     ) -> DataLoader:
+        if getattr(sampler, "with_seeds", False):
+            dataset = SeededItems(dataset)
+        if self.on_corrupt_image == "skip":
+            dataset = SkipCorrupt(dataset)
+            self._skip_counters.append(dataset)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -304,26 +352,66 @@ class DATDataModule(pl.LightningDataModule):
         """The sampler of a training stream (``"clf"``, ``"gen"`` or ``"ood"``)."""
         stream_id = STREAM_IDS[stream]
         if stream == "ood":
-            return SeededRandomSampler(len(self.ood), self.seed, stream_id, len(self.train_set))
-        return SeededRandomSampler(len(self.train_set), self.seed, stream_id)
+            return SeededRandomSampler(
+                len(self.ood), self.seed, stream_id, len(self.train_set), with_seeds=True
+            )
+        return SeededRandomSampler(len(self.train_set), self.seed, stream_id, with_seeds=True)
+
+    @property
+    def corrupt_images_skipped(self) -> int:
+        """Unreadable images replaced so far (``on_corrupt_image="skip"``), over all workers."""
+        return sum(counter.num_skipped for counter in self._skip_counters)
+
+    # -- exact resume ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, int]:
+        """Checkpointed by Lightning: the epoch and the batches of it consumed so far."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        return data_position(trainer)
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if not state_dict:
+            return
+        self._resume = resume_point(state_dict)
+        # Lightning cannot see that these loaders resume mid-epoch (the samplers skip what was
+        # consumed), so its warning that they do not would be wrong.
+        warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+
+    def _apply_resume(self, samplers: list[SeededRandomSampler]) -> None:
+        """Start the samplers at the checkpointed epoch, skipping the batches already trained on."""
+        if self._resume is None:
+            return
+        epoch, batches = self._resume
+        self._resume = None
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        for sampler in samplers:
+            # Set now, not only by Lightning's set_epoch: worker processes draw the first
+            # indices as soon as the loader's iterator is created.
+            sampler.set_epoch(epoch)
+            if batches:  # under DDP ranks take interleaved shares of one global order
+                sampler.skip_once(epoch, batches * self.batch_size * world_size)
 
     def train_dataloader(self) -> CombinedLoader:
         """``{"clf": (x, y), "gen": (x_hat, y_hat), "ood": x0}`` per step, all of batch size B."""
         self.setup("fit")
+        samplers = {stream: self.stream_sampler(stream) for stream in STREAM_IDS}
+        self._apply_resume(list(samplers.values()))
         loaders = {
             "clf": self._loader(
                 TransformedDataset(self.train_set, self.clf_transform),
-                self.stream_sampler("clf"),
+                samplers["clf"],
                 True,
                 STREAM_IDS["clf"],
             ),
             "gen": self._loader(
                 TransformedDataset(self.train_set, self.gen_transform),
-                self.stream_sampler("gen"),
+                samplers["gen"],
                 True,
                 STREAM_IDS["gen"],
             ),
-            "ood": self._loader(self.ood, self.stream_sampler("ood"), True, STREAM_IDS["ood"]),
+            "ood": self._loader(self.ood, samplers["ood"], True, STREAM_IDS["ood"]),
         }
         # All three have len(train_set) // B batches, so max_size_cycle never actually cycles.
         return CombinedLoader(loaders, mode="max_size_cycle")

@@ -210,6 +210,17 @@ def _cifar(name: str, dataset_cls: type, root: str | os.PathLike, train: bool, d
             f"that contains '{dataset_cls.base_folder}', or set `download: true` with internet "
             "access to let torchvision fetch it there.",
         )
+    if download and not folder.is_dir():
+        try:
+            return dataset_cls(str(Path(root).expanduser()), train=train, download=True)
+        except Exception as err:  # network errors come in many types (URLError, OSError, ...)
+            raise _not_found(
+                name,
+                folder,
+                f"Downloading it failed ({type(err).__name__}: {err}); no internet? Without "
+                f"internet, fetch {dataset_cls.url} elsewhere and extract it into "
+                f"'{Path(root).expanduser()}' (so that '{folder}' exists), then set `download: false`.",
+            ) from err
     try:
         return dataset_cls(str(Path(root).expanduser()), train=train, download=download)
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted" (partial folder)

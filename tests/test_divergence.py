@@ -1,0 +1,144 @@
+"""Divergence guard (issue 4, point 3).
+
+Guarantees:
+- A training step whose loss or gradients are not finite is skipped: the weights, the EMA
+  weights, the optimizer state, the curriculum (T and AUC window), the global step and (stage
+  one) the BatchNorm running statistics are exactly what they were before it; training goes on.
+- Skipped steps are counted and logged (``train/skipped_steps``); the real and generated
+  energies are logged every step (``train/energy_real``, ``train/energy_fake``).
+- After ``model.max_bad_steps`` consecutive bad steps training stops with a DivergenceError that
+  names the last good checkpoint and the likely causes (BatchNorm, chain step size, learning rate).
+- The finiteness test catches NaN and inf gradients but not large finite ones.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from lightning.pytorch import Callback
+
+from dat_lightning.callbacks import GenStepCurriculum, WarmupEMA
+from dat_lightning.reliability.divergence import DivergenceError, is_finite_step
+from dat_lightning.train import build
+from helpers import NO_FID, compose_config
+
+RUN = (*NO_FID, "callbacks.sample_grid=null", "stage1_epochs=1", "stage2_epochs=1",
+       "trainer.limit_train_batches=3")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def copies(tensors) -> list[torch.Tensor]:
+    return [t.detach().clone() for t in tensors]
+
+
+class NaNOnCommand(Callback):
+    """Makes the classifier return NaN logits during the batches (counted from 0) in ``poison``.
+
+    It also snapshots the training state at every batch start, i.e. after all hooks of the
+    previous step (EMA and curriculum update in their batch-end hooks), and keeps each step's
+    outputs: ``states[k]`` is the state before batch k, ``states[k + 1]`` the state after it.
+    """
+
+    def __init__(self, poison) -> None:
+        self.poison = set(poison)
+        self.on = False
+        self.states: list[dict] = []
+        self.steps: list[dict] = []
+
+    def setup(self, trainer, pl_module, stage):
+        pl_module.net.register_forward_hook(lambda m, i, out: out * math.nan if self.on else out)
+
+    def snapshot(self, trainer, pl_module) -> dict:
+        ema = next(cb for cb in trainer.callbacks if isinstance(cb, WarmupEMA))
+        curriculum = next(cb for cb in trainer.callbacks if isinstance(cb, GenStepCurriculum))
+        return {
+            "params": copies(pl_module.net.parameters()),
+            "buffers": copies(pl_module.net.buffers()),
+            "ema": copies(ema._average_model.parameters()),
+            "opt": [copies(v for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
+                    for opt in trainer.optimizers],
+            "curriculum": (curriculum.state.steps, curriculum.state.window),
+            "step": trainer.global_step,
+        }
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.states.append(self.snapshot(trainer, pl_module))
+        self.on = len(self.steps) in self.poison
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps.append({"poisoned": self.on, "stage": pl_module.stage, "outputs": dict(outputs)})
+        self.on = False
+
+
+def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def fit(tmp_path, callback, overrides=()):
+    datamodule, module, trainer = build(compose_config(tmp_path, [*RUN, *overrides]))
+    trainer.callbacks[:0] = [callback]  # before EMA and curriculum: it switches NaN on first
+    trainer.fit(module, datamodule=datamodule, weights_only=True)
+    return module, trainer
+
+
+def test_non_finite_steps_are_skipped_counted_and_training_goes_on(tmp_path):
+    nan = NaNOnCommand(poison={1, 4})  # one stage-one and one stage-two step, mid-epoch
+    module, trainer = fit(tmp_path, nan)
+    assert [r["poisoned"] for r in nan.steps] == [False, True, False, False, True, False]
+    assert [r["stage"] for r in nan.steps] == [1, 1, 1, 2, 2, 2]
+    for k in (0, 1, 3, 4):  # steps followed by another in the same epoch
+        before, after, step = nan.states[k], nan.states[k + 1], nan.steps[k]
+        if step["poisoned"]:
+            assert same(before["params"], after["params"])
+            assert same(before["buffers"], after["buffers"])  # BN statistics restored (stage one)
+            assert same(before["ema"], after["ema"])
+            assert all(same(a, b) for a, b in zip(before["opt"], after["opt"], strict=True))
+            assert before["curriculum"] == after["curriculum"]
+            assert after["step"] == before["step"]
+            assert "auc" not in step["outputs"]
+        else:  # a normal step does update all of them
+            assert not same(before["params"], after["params"])
+            assert not same(before["ema"], after["ema"])
+            assert after["step"] == before["step"] + 1
+            assert all(torch.isfinite(p).all() for p in after["params"])
+            if step["stage"] == 2:
+                assert after["curriculum"] != before["curriculum"]
+    assert [float(r["outputs"]["skipped_steps"]) for r in nan.steps] == [0, 1, 1, 1, 2, 2]
+    assert trainer.global_step == 4 and trainer.current_epoch == 2  # the run finished
+    logged = trainer.logged_metrics
+    assert float(logged["train/skipped_steps"]) == 2
+    assert {"train/energy_real", "train/energy_fake"} <= set(logged)
+
+
+def test_too_many_bad_steps_in_a_row_stop_with_the_last_checkpoint_and_causes(tmp_path):
+    nan = NaNOnCommand(poison={3, 4, 5})  # all of stage two
+    with pytest.raises(DivergenceError) as stopped:
+        fit(tmp_path, nan, ["model.max_bad_steps=2"])
+    message = str(stopped.value)
+    last = tmp_path / "checkpoints" / "last.ckpt"  # written at the end of the good epoch
+    assert last.is_file() and f"Last good checkpoint: '{last}'" in message
+    assert "2 consecutive steps" in message and "stage 2" in message
+    for cause in ("BatchNorm", "model.gen_attack.step_size", "model.optimizer_stage2.lr"):
+        assert cause in message
+    assert "energy_fake=" in message
+    # stage one, one skipped step, then the second bad one raised before its batch-end hooks
+    assert [step["poisoned"] for step in nan.steps] == [False, False, False, True]
+
+
+def test_finiteness_check_flags_nan_and_inf_but_not_large_values():
+    w = torch.nn.Parameter(torch.ones(3))
+    for grad, ok in ((torch.tensor([1e30, -1e30, 0.0]), True), (torch.tensor([0.0, math.inf, 0.0]), False),
+                     (torch.tensor([math.nan, 0.0, 0.0]), False)):
+        w.grad = grad
+        assert is_finite_step(torch.tensor(1.0), [w]) is ok
+    w.grad = torch.zeros(3)
+    assert not is_finite_step(torch.tensor(math.nan), [w])

@@ -1,5 +1,9 @@
 import pytest
 import torch
+
+# Tests run small tensors, where a second intra-op thread only adds contention (the CLI
+# subprocesses get OMP_NUM_THREADS=1 through tests/helpers.py for the same reason).
+torch.set_num_threads(1)
 from torch import nn
 
 

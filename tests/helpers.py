@@ -170,6 +170,10 @@ class Recorder(Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._record("epoch_start", trainer, pl_module)
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":
+            self._record("validation_end", trainer, pl_module)
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         from dat_lightning.callbacks.ema import evaluation_net
 

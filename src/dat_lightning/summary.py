@@ -45,7 +45,8 @@ def final_summary(cfg: DictConfig, trainer: Trainer, module, datamodule) -> dict
         "robust_accuracy": robust,
         "threat_model": f"PGD-{attack['steps']} {attack['norm'].upper()} eps={attack['eps']} (pixel units)",
         "final_gen_steps": module.gen_steps,
-        "checkpoint": trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None,
+        "checkpoint": (trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path)
+        if trainer.checkpoint_callback else None,
     }
     for cb in trainer.callbacks:
         if isinstance(cb, FIDCallback) and cfg.summary.fid_samples:

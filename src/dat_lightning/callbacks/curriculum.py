@@ -37,7 +37,8 @@ class GenStepCurriculum(Callback):
     ) -> None:
         if not isinstance(outputs, dict) or "auc" not in outputs:
             return
-        auc = trainer.strategy.reduce(outputs["auc"].to(pl_module.device), reduce_op="mean")
+        # A copy: DDP reduces in place, and the step's own (logged) AUC must stay this rank's.
+        auc = trainer.strategy.reduce(outputs["auc"].detach().clone().to(pl_module.device), reduce_op="mean")
         global_batch = len(batch["gen"][0]) * trainer.world_size
         self.state = update(
             self.state, float(auc), window=window_length(self.min_imgs_per_threshold, global_batch),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -13,19 +14,34 @@ from dat_lightning.callbacks.ema import evaluation_net
 from dat_lightning.generate import generate_batches
 from dat_lightning.metrics.fid import fill_real_statistics, make_fid
 
+_FAKE_STATES = ("fake_features_sum", "fake_features_cov_sum", "fake_features_num_samples")
+
+
+def shard_range(num_samples: int, rank: int, world_size: int, multiple: int) -> range:
+    """Rank ``rank``'s contiguous share of the sample indices ``0 .. num_samples-1``.
+
+    Shards start at multiples of ``multiple`` (the number of classes), so the labels ``i % K`` of a
+    shard equal its local ``j % K``; the shards of all ranks partition the indices exactly.
+    """
+    per_rank = math.ceil(num_samples / (world_size * multiple)) * multiple
+    start = min(num_samples, rank * per_rank)
+    return range(start, min(num_samples, start + per_rank))
+
 
 class FIDCallback(Callback):
     """Every ``every_n_epochs`` epochs, FID of ``num_samples`` class-balanced samples against
     ``num_real`` training images (statistics computed once, cached under ``cache_dir``).
 
     The logged key names the extractor (``fid_<extractor>``), because an offline extractor's
-    FID is not Inception FID and must never be reported as one. Monitor it with a
-    ModelCheckpoint (mode ``min``, ``save_on_train_epoch_end=True``) to keep the best model.
+    FID is not Inception FID and must never be reported as one. With ``best_ckpt_path`` set,
+    each new lowest FID rewrites that checkpoint (the paper keeps the best-FID model); the best
+    value is part of the callback state, so it survives a resume.
     """
 
     def __init__(self, extractor: nn.Module, step_size: float, steps: int, num_samples: int = 1000,
                  num_real: int = 5000, every_n_epochs: int = 1, batch_size: int = 250,
-                 cache_dir: str | None = None, stage2_only: bool = True) -> None:
+                 cache_dir: str | None = None, stage2_only: bool = True,
+                 best_ckpt_path: str | None = None) -> None:
         self.extractor = extractor
         self.step_size = step_size
         self.steps = steps
@@ -35,6 +51,8 @@ class FIDCallback(Callback):
         self.batch_size = batch_size
         self.cache_dir = cache_dir
         self.stage2_only = stage2_only
+        self.best_ckpt_path = best_ckpt_path
+        self.best_value = float("inf")
         self.metric_name = f"fid_{getattr(extractor, 'name', type(extractor).__name__)}"
         self._fid = None
         self.last_value: float | None = None
@@ -52,19 +70,39 @@ class FIDCallback(Callback):
         return Path(self.cache_dir) / f"{name}_train_{self.metric_name}_{self.num_real}.pt"
 
     def compute(self, trainer: Trainer, pl_module: LightningModule, num_samples: int | None = None,
-                progress: bool = False) -> float:
+                progress: bool = False, distributed: bool = False) -> float:
+        """FID of ``num_samples`` samples (labels ``i % K``, seeds ``ood[10_000 + i]``).
+
+        ``distributed=True`` must be called on every rank at once: each rank generates its
+        :func:`shard_range` of the samples and the feature statistics are summed over ranks, so
+        every rank gets the FID of all samples. Otherwise this process generates them all.
+        """
+        distributed = distributed and trainer.world_size > 1
         if self._fid is None:
-            self._fid = make_fid(self.extractor).to(pl_module.device)
+            # Statistics are reduced explicitly below: torchmetrics' own sync would also sum the
+            # real statistics that every rank holds in full.
+            self._fid = make_fid(self.extractor, sync_on_compute=False).to(pl_module.device)
+            # Rank 0 first, so the other ranks read its cache instead of racing to write it.
+            if distributed and not trainer.is_global_zero:
+                trainer.strategy.barrier("fid_real_statistics")
             fill_real_statistics(self._fid, self._real_batches(trainer), self._cache_file(trainer))
+            if distributed and trainer.is_global_zero:
+                trainer.strategy.barrier("fid_real_statistics")
         self._fid.reset()
         net = evaluation_net(trainer, pl_module)
         k = pl_module.net.num_classes
+        total = num_samples or self.num_samples
+        share = shard_range(total, trainer.global_rank, trainer.world_size, k) if distributed else range(total)
         # Seeds start past the sample grid's, over the whole seed source.
-        for x, _ in generate_batches(net, trainer.datamodule.ood, num_samples or self.num_samples, k,
+        for x, _ in generate_batches(net, trainer.datamodule.ood, len(share), k,
                                      step_size=self.step_size, steps=self.steps,
-                                     batch_size=self.batch_size, seed_offset=10_000,
+                                     batch_size=self.batch_size, seed_offset=10_000 + share.start,
                                      progress=progress):
             self._fid.update(x.to(pl_module.device), real=False)
+        if distributed:
+            for name in _FAKE_STATES:
+                state = getattr(self._fid, name)
+                state.copy_(trainer.strategy.reduce(state.clone(), reduce_op="sum"))
         value = float(self._fid.compute())
         self.last_value = value
         return value
@@ -74,5 +112,15 @@ class FIDCallback(Callback):
             return
         if self.stage2_only and getattr(pl_module, "stage", 2) != 2:
             return
-        value = self.compute(trainer, pl_module)
+        value = self.compute(trainer, pl_module, distributed=True)
         pl_module.log(self.metric_name, torch.tensor(value), prog_bar=True, sync_dist=False)
+        if value < self.best_value:
+            self.best_value = value
+            if self.best_ckpt_path:
+                trainer.save_checkpoint(self.best_ckpt_path)
+
+    def state_dict(self) -> dict:
+        return {"best_value": self.best_value}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best_value = float(state_dict["best_value"])

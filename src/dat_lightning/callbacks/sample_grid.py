@@ -28,6 +28,7 @@ class SampleGrid(Callback):
         self.every_n_epochs = every_n_epochs
         self.conditional = conditional
         self.last_path: Path | None = None
+        self._last_grid: tuple[int, torch.Tensor] | None = None  # (global step, grid) of the last draw
 
     def draw(self, trainer: Trainer, pl_module: LightningModule, tag: str) -> Path | None:
         if not trainer.is_global_zero:
@@ -40,12 +41,16 @@ class SampleGrid(Callback):
         # labels are i % K: reorder so that each row of the grid is one class
         order = torch.arange(len(samples)).view(self.per_class, k).t().reshape(-1)
         grid = make_grid(samples[order], nrow=self.per_class, padding=1, pad_value=1.0)
+        log_image(trainer, "samples/grid", grid, step=trainer.global_step)
+        self._last_grid = (trainer.global_step, grid)
+        return self._save(trainer, grid, tag)
+
+    def _save(self, trainer: Trainer, grid: torch.Tensor, tag: str) -> Path:
         out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{tag}.png"
         save_image(grid, path)
         save_image(grid, out_dir / "last.png")
-        log_image(trainer, "samples/grid", grid, step=trainer.global_step)
         self.last_path = path
         return path
 
@@ -54,4 +59,9 @@ class SampleGrid(Callback):
             self.draw(trainer, pl_module, f"epoch_{trainer.current_epoch:03d}")
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.draw(trainer, pl_module, "final")
+        # No step since the last epoch-end grid: same weights (EMA or raw), same seeds, so the
+        # same grid; save it as final instead of running the chain again.
+        if self._last_grid is not None and self._last_grid[0] == trainer.global_step:
+            self._save(trainer, self._last_grid[1], "final")
+        else:
+            self.draw(trainer, pl_module, "final")

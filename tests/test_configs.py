@@ -1,0 +1,217 @@
+"""Every experiment composes with `+experiment=NAME`, carries the authors' numbers (SPEC.md) and
+instantiates; the big ones build their model and take one stage-two training step on CPU."""
+
+from __future__ import annotations
+
+import hydra
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from dat_lightning.config import CONFIG_DIR
+from dat_lightning.data.datasets import DatasetNotFoundError
+from dat_lightning.train import build, instantiate_all
+from helpers import compose_config
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+BIG = ["cifar10_wrn34", "cifar100_wrn34", "rimagenet_resnet50", "imagenet256_resnet50",
+       "imagenet256_convnext"]
+
+# The authors' numbers (SPEC.md "Hyperparameters used by the authors"), per experiment:
+# config key -> value.
+SGD_CIFAR = {"_target_": "torch.optim.SGD", "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
+SPEC = {
+    "cifar10_wrn34": {
+        "model.net.name": "wrn34_10", "data.num_classes": 10, "data.image_size": 32,
+        "data.batch_size": 128,
+        "model.clf_attack": {"norm": "l2", "eps": 0.5, "steps": 10, "step_size": 0.1},
+        "model.gen_attack": {"step_size": 0.1, "max_steps": 50, "start_steps": 0,
+                             "auc_threshold": 0.8, "min_imgs_per_threshold": 1000},
+        "model.optimizer_stage2": {**SGD_CIFAR, "lr": 1e-3},
+        "model.scheduler_stage2": None,
+        "sampling": {"step_size": 0.2, "steps": 33},
+        "callbacks.ema.max_decay": 0.999,
+    },
+    "cifar100_wrn34": {
+        "model.net.name": "wrn34_10", "data.num_classes": 100, "data.image_size": 32,
+        "data.batch_size": 128,
+        "model.clf_attack": {"norm": "l2", "eps": 0.5, "steps": 10, "step_size": 0.1},
+        "model.gen_attack": {"step_size": 0.1, "max_steps": 50, "auc_threshold": 0.8},
+        "model.optimizer_stage2": {**SGD_CIFAR, "lr": 1e-2},
+        "model.scheduler_stage2": None,
+        "sampling": {"step_size": 0.2, "steps": 32},
+        "callbacks.ema.max_decay": 0.999,
+    },
+    "imagenet256_resnet50": {
+        "model.net.name": "resnet50", "data.num_classes": 1000, "data.image_size": 256,
+        "model.clf_attack": {"norm": "l2", "eps": 3.0, "steps": 3, "step_size": 2.0},
+        "model.gen_attack": {"step_size": 2.0, "max_steps": 15, "auc_threshold": 0.4},
+        "model.optimizer_stage2": {"_target_": "torch.optim.SGD", "lr": 1e-3},
+        "model.scheduler_stage2": None,
+        "sampling": {"step_size": 8.0, "steps": 14},
+        "callbacks.ema": None,
+    },
+    "imagenet256_convnext": {
+        "model.net.name": "convnext_large_convstem", "model.net.drop_path_rate": 0.0,
+        "data.num_classes": 1000, "data.image_size": 256,
+        "model.clf_attack": {"norm": "l2", "eps": 3.0, "steps": 3, "step_size": 2.0},
+        "model.gen_attack": {"step_size": 3.0, "max_steps": 100, "auc_threshold": 0.2},
+        "model.optimizer_stage2": {"_target_": "torch.optim.AdamW", "lr": 1e-3,
+                                   "weight_decay": 0.05, "betas": [0.9, 0.95]},
+        "model.scheduler_stage2": None,
+        "sampling": {"step_size": 8.0, "steps": 24},
+        "callbacks.ema.max_decay": 0.999,
+    },
+    # SPEC gives RestrictedImageNet's stage one: 75 epochs, step decay at 30 and 60.
+    "rimagenet_resnet50": {
+        "model.net.name": "resnet50", "data.num_classes": 9, "data.image_size": 224,
+        "stage1_epochs": 75,
+        "model.scheduler_stage1": {"_target_": "torch.optim.lr_scheduler.MultiStepLR",
+                                   "milestones": [30, 60]},
+        "model.scheduler_stage2": None,
+    },
+}
+
+# Configs that ask for GPUs are instantiated on this CPU machine with these.
+CPU = ["trainer.accelerator=cpu", "trainer.devices=1"]
+
+
+def select(cfg, key):
+    value = OmegaConf.select(cfg, key, throw_on_missing=True)
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def compose_experiment(tmp_path, name, *overrides):
+    return compose_config(tmp_path, [f"+experiment={name}", *overrides], tiny=False)
+
+
+def test_the_experiment_list_is_the_papers():
+    assert set(EXPERIMENTS) == {"fmnist_dat", *BIG}
+    assert set(SPEC) == set(BIG)
+
+
+@pytest.mark.parametrize("name", BIG)
+def test_experiment_carries_the_authors_numbers(name, tmp_path):
+    cfg = compose_experiment(tmp_path, name)
+    for key, want in SPEC[name].items():
+        got = select(cfg, key)
+        if isinstance(want, dict) and isinstance(got, dict):
+            got = {k: got.get(k) for k in want}
+        assert got == want, f"{name}: {key}"
+    assert cfg.task_name == name
+    assert select(cfg, "trainer.max_epochs") == cfg.stage1_epochs + cfg.stage2_epochs
+
+
+def test_fmnist_dat_is_the_cli_default(tmp_path):
+    default = compose_config(tmp_path, [], tiny=False)
+    named = compose_experiment(tmp_path, "fmnist_dat")
+    a, b = (OmegaConf.to_container(c, resolve=True) for c in (default, named))
+    assert a.pop("task_name") == "train" and b.pop("task_name") == "fmnist_dat"
+    assert a == b
+
+
+def fake_pil(height: int, width: int, channels: int) -> Image.Image:
+    g = torch.Generator().manual_seed(0)
+    pixels = (torch.rand(height, width, 3, generator=g) * 255).to(torch.uint8).numpy()
+    image = Image.fromarray(pixels)
+    return image.convert("L") if channels == 1 else image
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_instantiates_data_trainer_and_callbacks(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("DATA_ROOT", str(tmp_path / "no_data_here"))
+    cfg = compose_experiment(tmp_path, name, *CPU)
+    size, channels = cfg.data.image_size, cfg.data.channels
+    if name == "fmnist_dat":  # the one dataset on this machine: the whole stack, as `train` does
+        datamodule, module, trainer = build(cfg)
+        datamodule.setup("fit")
+        assert module.net.num_classes == datamodule.num_classes == 10
+    else:
+        # The datasets are absent here: the transforms still have to produce model-sized inputs,
+        # and the datamodule has to say what is missing.
+        # CIFAR images are all 32x32; ImageNet photos come in any size and aspect.
+        shape = (size, size) if cfg.data.name.startswith("cifar") else (size + 61, size + 37)
+        for key in ("clf_transform", "gen_transform", "val_transform"):
+            x = hydra.utils.instantiate(cfg.data[key])(fake_pil(*shape, channels))
+            assert x.shape == (channels, size, size) and x.dtype == torch.float32, key
+            assert 0 <= x.min() and x.max() <= 1, key
+        with pytest.raises(Exception) as err:
+            hydra.utils.instantiate(cfg.data)
+        assert isinstance(err.value.__cause__ or err.value, (DatasetNotFoundError, FileNotFoundError))
+        assert "no_data_here" in str(err.value)
+        callbacks = instantiate_all(cfg.callbacks)
+        trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks,
+                                          logger=instantiate_all(cfg.logger))
+    assert trainer.max_epochs == cfg.stage1_epochs + cfg.stage2_epochs
+    assert not trainer.validate_loop.inference_mode  # robust validation needs gradients
+    if cfg.trainer.get("strategy") == "ddp":
+        assert type(trainer.strategy).__name__ == "DDPStrategy"
+
+
+def test_ddp_trainer_config_composes(tmp_path):
+    cfg = compose_config(tmp_path, ["trainer=ddp"], tiny=False)
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.accelerator == "gpu"
+    assert cfg.trainer.devices == -1
+
+
+# ---------------------------------------------------------------------------- one training step
+STEP_OVERRIDES = [
+    *CPU, "++trainer.strategy=auto", "stage1_epochs=0", "stage2_epochs=1", "++trainer.max_steps=1",
+    "trainer.limit_val_batches=0", "++trainer.enable_progress_bar=false",
+    "++trainer.enable_model_summary=false",
+    "model.clf_attack.steps=1", "model.gen_attack.start_steps=1", "model.gen_attack.max_steps=1",
+    # These need real data or write full-size checkpoints; their code runs in the tiny fits.
+    "callbacks.fid=null", "callbacks.sample_grid=null", "callbacks.last_checkpoint=null",
+    "callbacks.stage1_checkpoint=null",
+]
+
+
+def one_training_step(tmp_path, name, size, batch_size=2, *overrides):
+    """Fit ``name`` for one stage-two step on fake images of ``size`` (stage one = the initial
+    weights, saved and passed as ``init_ckpt``); returns the module and the recorded parameters."""
+    init = tmp_path / "init.pt"
+    cfg = compose_experiment(tmp_path, name, *STEP_OVERRIDES, f"init_ckpt={init}", *overrides)
+    net = hydra.utils.instantiate(cfg.model.net)
+    torch.save(net.state_dict(), init)
+    module = hydra.utils.instantiate(cfg.model, net=net)
+    init.unlink()
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_all(cfg.callbacks),
+                                      logger=instantiate_all(cfg.logger))
+    k, c = cfg.data.num_classes, cfg.data.channels
+    g = torch.Generator().manual_seed(0)
+
+    def images():
+        return torch.rand(batch_size, c, size, size, generator=g)
+
+    batch = {"clf": (images(), torch.randint(k, (batch_size,), generator=g)),
+             "gen": (images(), torch.randint(k, (batch_size,), generator=g)), "ood": images()}
+    loader = DataLoader(range(1), batch_size=None, collate_fn=lambda _: batch)
+    before = {n: p.detach().clone() for n, p in module.net.named_parameters()}
+    trainer.fit(module, train_dataloaders=loader)
+    assert trainer.global_step == 1
+    assert module.stage == 2
+    metrics = trainer.callback_metrics
+    for key in ("train/loss_ce", "train/loss_bce", "train/auc"):
+        assert torch.isfinite(metrics[key]), key
+    assert any(not torch.equal(before[n], p) for n, p in module.net.named_parameters())
+    return module, trainer, cfg
+
+
+def big_case(name, size, slow=False):
+    marks = [pytest.mark.slow] if slow else []
+    return pytest.param(name, size, id=f"{name}-{size}px", marks=marks)
+
+
+@pytest.mark.parametrize("name,size", [
+    big_case("cifar10_wrn34", 32),
+    big_case("cifar100_wrn34", 32),
+    big_case("rimagenet_resnet50", 224),
+    big_case("imagenet256_resnet50", 256),
+    big_case("imagenet256_convnext", 32),  # the same code path at a CPU-sized resolution
+    big_case("imagenet256_convnext", 256, slow=True),
+])
+def test_big_experiment_takes_one_training_step(name, size, tmp_path):
+    module, _, cfg = one_training_step(tmp_path, name, size)
+    assert module.net.num_classes == cfg.data.num_classes

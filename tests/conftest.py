@@ -1,10 +1,11 @@
 import pytest
 import torch
 
+from torch import nn
+
 # Tests run small tensors, where a second intra-op thread only adds contention (the CLI
 # subprocesses get OMP_NUM_THREADS=1 through tests/helpers.py for the same reason).
 torch.set_num_threads(1)
-from torch import nn
 
 
 class LinearClassifier(nn.Module):

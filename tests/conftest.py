@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from torch import nn
 
 # Tests run small tensors, where a second intra-op thread only adds contention (the CLI

@@ -58,10 +58,10 @@ def test_pgd_zero_steps_returns_input(linear_model, images):
 
 def test_pgd_leaves_parameter_grads_untouched(linear_model, images):
     sentinel = [torch.full_like(p, 7.0) for p in linear_model.parameters()]
-    for p, s in zip(linear_model.parameters(), sentinel):
+    for p, s in zip(linear_model.parameters(), sentinel, strict=True):
         p.grad = s.clone()
     pgd_attack(linear_model, images, torch.zeros(4, dtype=torch.long), norm="l2", eps=1, step_size=0.1, steps=3)
-    for p, s in zip(linear_model.parameters(), sentinel):
+    for p, s in zip(linear_model.parameters(), sentinel, strict=True):
         assert torch.equal(p.grad, s)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -28,6 +30,27 @@ def freeze_batchnorm(module: nn.Module) -> int:
 def has_training_batchnorm(module: nn.Module) -> bool:
     """True when some BatchNorm would still update its running statistics."""
     return any(bn.training for bn in batchnorm_layers(module))
+
+
+@torch.no_grad()
+def broadcast_batchnorm_buffers(module: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s BatchNorm buffers (running statistics, batch counts) to every rank.
+
+    What DDP's per-forward buffer broadcast does (which Lightning's manual optimization turns off):
+    without it, each rank's running statistics follow its own data shard. One broadcast per
+    buffer dtype; a no-op without an initialized multi-process group.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for bn in batchnorm_layers(module):
+        for buf in bn.buffers(recurse=False):
+            by_dtype.setdefault(buf.dtype, []).append(buf)
+    for bufs in by_dtype.values():
+        flat = torch.cat([b.reshape(-1) for b in bufs])
+        dist.broadcast(flat, src=src)
+        for buf, chunk in zip(bufs, flat.split([b.numel() for b in bufs]), strict=True):
+            buf.copy_(chunk.view_as(buf))
 
 
 @contextmanager

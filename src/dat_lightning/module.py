@@ -7,6 +7,7 @@ step runs inner loops (attack, chain) that must not touch parameter gradients.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,11 +18,20 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from dat_lightning.attacks import NORMS, check_positive, pgd_attack
-from dat_lightning.batchnorm import has_training_batchnorm
-from dat_lightning.checkpoints import classifier_state_dict, load_matching, read_checkpoint
+from dat_lightning.batchnorm import broadcast_batchnorm_buffers, has_training_batchnorm
+from dat_lightning.checkpoints import load_matching
 from dat_lightning.energy import joint_energy, marginal_energy
+from dat_lightning.fused import fused_attack_and_chain, fused_logits, fusion_blocker
 from dat_lightning.losses import bce_energy_loss, conditional_auc
+from dat_lightning.pretrained import load_robust
+from dat_lightning.reliability.divergence import (
+    DivergenceGuard,
+    restore_running_stats,
+    snapshot_running_stats,
+)
 from dat_lightning.sampling import pgd_sample
+
+log = logging.getLogger(__name__)
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -53,7 +63,18 @@ class DATModule(LightningModule):
         stage2_start_epoch: the epoch at which stage two starts (0 needs ``init_ckpt``).
         init_ckpt: stage-one weights (training checkpoint or plain state dict) to start from.
         init_ckpt_ema: take the EMA weights of a training checkpoint (if it has them).
+        init_ckpt_format: layout of ``init_ckpt``: ``auto``, ``dat`` or a public robust model's
+            (``robustbench``, ``madrylab``, ``ratio``, ``revisiting_at``; see
+            :mod:`dat_lightning.pretrained`).
         ce_weight/bce_weight: weights of L_AT-CE and L_BCE in the stage-two loss.
+        fused: run the stage-two attack and chain as one batch per inner step and the three loss
+            forwards as one (:mod:`dat_lightning.fused`); same results, fewer larger passes. Used
+            only when the network treats samples independently; otherwise the separate passes
+            run and the reason is logged once.
+        compile: ``torch.compile`` the backbone in place (state-dict keys unchanged).
+        compile_kwargs: arguments of ``torch.compile`` (``backend``, ``mode``, ``dynamic`` ...).
+        max_bad_steps: stop with an error after this many consecutive skipped (non-finite) steps
+            (:mod:`dat_lightning.reliability.divergence`).
     """
 
     def __init__(
@@ -71,6 +92,11 @@ class DATModule(LightningModule):
         init_ckpt_ema: bool = True,
         ce_weight: float = 1.0,
         bce_weight: float = 1.0,
+        init_ckpt_format: str = "auto",
+        fused: bool = True,
+        compile: bool = False,
+        compile_kwargs: Mapping[str, Any] | None = None,
+        max_bad_steps: int = 10,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -97,13 +123,20 @@ class DATModule(LightningModule):
         self.ce_weight = ce_weight
         self.bce_weight = bce_weight
         self.gen_steps = int(self.gen_attack["start_steps"])
+        self.divergence = DivergenceGuard(max_bad_steps)
         self.experiment_config: dict[str, Any] | None = None
         num_classes = getattr(net, "num_classes", None)
         self.val_acc_clean = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc_robust = MulticlassAccuracy(num_classes=num_classes, average="micro")
         if init_ckpt is not None:
-            state = classifier_state_dict(read_checkpoint(init_ckpt), ema=init_ckpt_ema)
-            load_matching(self.net, state, source=f"init_ckpt {init_ckpt}")
+            state = load_robust(init_ckpt_format, init_ckpt, net=self.net, ema=init_ckpt_ema)
+            load_matching(self.net, state, source=f"init_ckpt {init_ckpt} (init_ckpt_format={init_ckpt_format})")
+        self.fused = fused
+        self._fusion_refusal_logged = False
+        if compile:
+            # In place (nn.Module.compile): parameter names and checkpoints stay the same, and
+            # deep copies (the EMA model) run eagerly on their own weights.
+            getattr(self.net, "backbone", self.net).compile(**dict(compile_kwargs or {}))
 
     # ------------------------------------------------------------------ stages
     @property
@@ -118,7 +151,10 @@ class DATModule(LightningModule):
     def stage_one_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """L_AT-CE (Eq. 10-11) on PGD examples."""
         x_adv = pgd_attack(self.net, x, y, **self.clf_attack)
-        logits_adv = self.net(x_adv)
+        return self.adversarial_ce(self.net(x_adv), y)
+
+    def adversarial_ce(self, logits_adv: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """``ce_weight * CE(f(x_adv), y)`` (in float32) and its statistics."""
         loss_ce = F.cross_entropy(logits_adv.float(), y)
         stats = {"loss_ce": loss_ce.detach(), "acc_adv": (logits_adv.argmax(1) == y).float().mean()}
         return self.ce_weight * loss_ce, stats
@@ -137,10 +173,18 @@ class DATModule(LightningModule):
                 "stage two runs with BatchNorm in train mode; add the FreezeBatchNorm callback "
                 "(callbacks.freeze_bn in the configs)."
             )
-        ce_loss, stats = self.stage_one_loss(x, y)
-        x_fake = self.generate(x0, y_hat, self.gen_steps)
-        logits_real = self.net(x_hat)
-        logits_fake = self.net(x_fake)
+        if self.use_fused():
+            target = y_hat if self.gen_attack.get("conditional", True) else None
+            x_adv, x_fake = fused_attack_and_chain(
+                self.net, x, y, x0, target, attack=self.clf_attack,
+                chain_step_size=self.gen_attack["step_size"], chain_steps=self.gen_steps,
+            )
+            logits_adv, logits_real, logits_fake = fused_logits(self.net, x_adv, x_hat, x_fake)
+        else:
+            x_adv = pgd_attack(self.net, x, y, **self.clf_attack)
+            x_fake = self.generate(x0, y_hat, self.gen_steps)
+            logits_adv, logits_real, logits_fake = self.net(x_adv), self.net(x_hat), self.net(x_fake)
+        ce_loss, stats = self.adversarial_ce(logits_adv, y)
         loss_bce = bce_energy_loss(logits_real, logits_fake)
         stats |= {
             "loss_bce": loss_bce.detach(),
@@ -152,8 +196,22 @@ class DATModule(LightningModule):
         }
         return ce_loss + self.bce_weight * loss_bce, stats
 
+    def use_fused(self) -> bool:
+        """Whether this stage-two step runs fused passes: asked for, and every layer is per-sample.
+
+        A refusal is logged once, with its reason (the unfused passes give the paper's results).
+        """
+        if not self.fused:
+            return False
+        reason = fusion_blocker(self.net)
+        if reason is not None and not self._fusion_refusal_logged:
+            self._fusion_refusal_logged = True
+            log.warning("model.fused=true but the stage-two passes run unfused: %s.", reason)
+        return reason is None
+
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
         x, y = batch["clf"]
+        running_stats = snapshot_running_stats(self.net)  # restored if this step is skipped
         if self.stage == 1:
             loss, stats = self.stage_one_loss(x, y)
         else:
@@ -162,8 +220,21 @@ class DATModule(LightningModule):
         optimizer = self.active_optimizer()
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        optimizer.step()
+        if self.divergence.step_ok(loss, self.net, self.trainer.strategy):
+            optimizer.step()
+        else:
+            # Skipped: no optimizer step (so no EMA update either: it follows the step count),
+            # no "auc" (so no curriculum update), BatchNorm statistics as before the step.
+            restore_running_stats(running_stats)
+            stats.pop("auc", None)
+            self.divergence.report_bad_step(self, stats | {"loss": loss.detach()})
+        if self.stage == 1:
+            # Under DDP every rank updated its BatchNorm statistics on its own shard; take rank 0's,
+            # as DDP's buffer broadcast would (off in manual optimization), so that all ranks
+            # validate with, and stage two freezes, the same statistics.
+            broadcast_batchnorm_buffers(self.net, src=0)
         stats |= {"loss": loss.detach(), "stage": torch.tensor(float(self.stage))}
+        stats["skipped_steps"] = torch.tensor(float(self.divergence.total))
         stats["gen_steps"] = torch.tensor(float(self.gen_steps))
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=True, on_epoch=False,
                       batch_size=len(x))
@@ -181,7 +252,8 @@ class DATModule(LightningModule):
         schedulers = self.lr_schedulers()
         if schedulers is None:
             return
-        by_stage = dict(zip(self._scheduler_stages, schedulers if isinstance(schedulers, list) else [schedulers]))
+        listed = schedulers if isinstance(schedulers, list) else [schedulers]
+        by_stage = dict(zip(self._scheduler_stages, listed, strict=True))
         if self.stage in by_stage:
             by_stage[self.stage].step()
 
@@ -224,6 +296,8 @@ class DATModule(LightningModule):
         if self.experiment_config is not None:
             checkpoint["dat_config"] = self.experiment_config
         checkpoint["dat_gen_steps"] = self.gen_steps
+        checkpoint["dat_divergence"] = self.divergence.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.gen_steps = int(checkpoint.get("dat_gen_steps", self.gen_steps))
+        self.divergence.load_state_dict(checkpoint.get("dat_divergence", {}))

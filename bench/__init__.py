@@ -1,0 +1,1 @@
+"""Benchmarks of dat-lightning's stage-two step (``make bench`` = ``python -m bench.run``); not tests."""

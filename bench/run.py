@@ -311,7 +311,7 @@ def graph_keeping_control(cfg: Config, chain_steps: int, device: str, tmpdir: st
 # -- sections ---------------------------------------------------------------------------------
 
 def main_section(device: str, quick: bool, tmpdir: str) -> list[dict]:
-    steps, reps = (4, 2) if quick else (10, 4)
+    steps, reps = (4, 2) if quick else (20, 6)
     rows = []
     for cfg in CPU_CONFIGS:
         times = timed_run(build_module(cfg, tmpdir), cfg, device, "32-true", steps, warmup=2,

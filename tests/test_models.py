@@ -11,7 +11,7 @@ from torch import nn
 import dat_lightning.models as models
 from dat_lightning.models import Classifier, ConvNeXtConvStem, WideResNet, build_classifier
 
-SMALL_MODELS = ("wrn10_2", "wrn16_2", "wrn16_4", "convnext_tiny_convstem")
+SMALL_MODELS = ("wrn10_1", "wrn10_2", "wrn16_2", "wrn16_4", "convnext_tiny_convstem")
 LARGE_MODELS = ("wrn34_10", "wrn28_10", "convnext_large_convstem")
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)

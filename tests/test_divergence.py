@@ -28,13 +28,6 @@ RUN = (*NO_FID, "callbacks.sample_grid=null", "stage1_epochs=1", "stage2_epochs=
        "trainer.limit_train_batches=3")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def copies(tensors) -> list[torch.Tensor]:
     return [t.detach().clone() for t in tensors]

@@ -48,14 +48,6 @@ RUN = (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Several test processes share few cores: oversubscribed threads make CPU convs very slow.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class BatchLog(Callback):
     """Per global step: a fingerprint of the three streams' batch and whether BN trains."""

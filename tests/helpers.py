@@ -87,29 +87,27 @@ def save_fresh_state(net: torch.nn.Module, path: Path) -> Path:
     return path
 
 
-def batchnorm_stats(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of every BatchNorm buffer (running mean/var, num_batches_tracked) by name."""
+def _batchnorm_tensors(module: torch.nn.Module, named) -> dict[str, torch.Tensor]:
+    """Copies of ``named(bn)`` tensors of every BatchNorm, keyed ``<layer>.<name>``."""
     from dat_lightning.batchnorm import batchnorm_layers
 
     names = {id(m): n for n, m in module.named_modules()}
-    out = {}
-    for bn in batchnorm_layers(module):
-        for key, buf in bn.named_buffers(recurse=False):
-            if buf is not None:
-                out[f"{names[id(bn)]}.{key}"] = buf.detach().clone()
-    return out
+    return {
+        f"{names[id(bn)]}.{key}": t.detach().clone()
+        for bn in batchnorm_layers(module)
+        for key, t in named(bn)
+        if t is not None
+    }
+
+
+def batchnorm_stats(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every BatchNorm buffer (running mean/var, num_batches_tracked) by name."""
+    return _batchnorm_tensors(module, lambda bn: bn.named_buffers(recurse=False))
 
 
 def batchnorm_affine(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A copy of every BatchNorm's affine weight and bias by name."""
-    from dat_lightning.batchnorm import batchnorm_layers
-
-    names = {id(m): n for n, m in module.named_modules()}
-    out = {}
-    for bn in batchnorm_layers(module):
-        for key, p in bn.named_parameters(recurse=False):
-            out[f"{names[id(bn)]}.{key}"] = p.detach().clone()
-    return out
+    return _batchnorm_tensors(module, lambda bn: bn.named_parameters(recurse=False))
 
 
 def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

@@ -26,6 +26,7 @@ from torchvision.utils import make_grid, save_image
 
 from dat_lightning.config import CONFIG_DIR, register_resolvers
 from dat_lightning.data.ood import UniformNoise
+from dat_lightning.figures import save_figure
 from dat_lightning.generate import generate_batches
 from dat_lightning.loading import LoadedRun, build_datamodule, load_run, resolve_device
 from dat_lightning.metrics.extractors import build_extractor
@@ -145,9 +146,7 @@ def plot_curve(steps: list[int], values: list[float], ylabel: str, path: Path, t
     ax.set(xlabel="chain steps T", ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 # ---------------------------------------------------------------------------------- FID

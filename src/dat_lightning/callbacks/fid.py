@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from dat_lightning.callbacks.ema import evaluation_net
 from dat_lightning.generate import generate_batches
 from dat_lightning.metrics.fid import fill_real_statistics, make_fid
+from dat_lightning.metrics.quality import statistics_cache
 
 _FAKE_STATES = ("fake_features_sum", "fake_features_cov_sum", "fake_features_num_samples")
 
@@ -67,7 +68,8 @@ class FIDCallback(Callback):
         if self.cache_dir is None:
             return None
         name = getattr(trainer.datamodule, "name", type(trainer.datamodule).__name__)
-        return Path(self.cache_dir) / f"{name}_train_{self.metric_name}_{self.num_real}.pt"
+        extractor = self.metric_name.removeprefix("fid_")
+        return statistics_cache(self.cache_dir, name, "train", extractor, self.num_real)
 
     def compute(self, trainer: Trainer, pl_module: LightningModule, num_samples: int | None = None,
                 progress: bool = False, distributed: bool = False) -> float:

@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.classification import multiclass_calibration_error
 
+from dat_lightning.figures import save_figure
+
 
 def expected_calibration_error(logits: Tensor, labels: Tensor, n_bins: int = 20) -> float:
     """ECE = sum_b (n_b / n) |acc_b - conf_b| over ``n_bins`` equal-width confidence bins, where
@@ -55,8 +57,4 @@ def plot_reliability_diagram(bins: dict[str, Tensor], ece: float, path: str | Pa
     bottom.bar(lower, share, width=width, align="edge", edgecolor="black", color="gray")
     bottom.set(xlabel="confidence max_y p(y|x)", ylabel="share")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)

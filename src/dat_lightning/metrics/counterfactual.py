@@ -14,6 +14,7 @@ from torch import Tensor
 
 from dat_lightning.attacks import pgd_maximize
 from dat_lightning.energy import joint_energy
+from dat_lightning.figures import save_figure
 
 
 def counterfactual_targets(labels: Tensor, num_classes: int, generator: torch.Generator | None = None) -> Tensor:
@@ -69,8 +70,4 @@ def plot_counterfactual_grid(inputs: Tensor, by_eps: Sequence[Tensor], eps: Sequ
             elif confidences is not None:
                 ax.set_xlabel(f"p={float(confidences[j - 1][i]):.2f}", fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

@@ -54,7 +54,11 @@ def test_stage_two_keeps_batchnorm_statistics_through_validation_and_sampling(tw
     rec = two_stage.recorder
     stage2 = [e for e in rec.events if e["epoch"] >= 1]
     assert {e["stage"] for e in stage2} == {2}
-    frozen = rec.where(hook="epoch_end", epoch=0)[0]["bn"]
+    # Stage two starts from the stage-one EMA (statistics included) and freezes those statistics.
+    frozen = rec.where(hook="epoch_start", epoch=1)[0]["bn"]
+    stage_one = read_checkpoint(two_stage.dir / "checkpoints" / "stage1.ckpt")["state_dict"]
+    assert same_tensors(frozen, {k: stage_one[f"net.{k}"] for k in frozen})
+    assert differs(frozen, rec.where(hook="epoch_end", epoch=0)[0]["bn"])
     # Every snapshot of stage two (batch starts and ends, epoch starts and ends, i.e. before and
     # after the mid-epoch validation, the grids and FID of epoch 1) has the stage-one statistics.
     for e in stage2:
@@ -109,20 +113,36 @@ def test_ema_weights_are_the_warmup_average_of_the_raw_weights(two_stage):
     rec, module = two_stage.recorder, two_stage.module
     steps = [e["params"] for e in rec.where(hook="batch_end")]
     assert len(steps) == 9
-    # What grids and FID sample from at each epoch end is the EMA of the steps so far.
+    # Stage one (epoch 0, steps 0-2) averages its own steps; stage two starts from that average
+    # and averages afresh (steps 3-8), as when the authors start stage two from the stage-one EMA.
+    stage_one_ema = expected_ema(steps[:3])
+    for k, v in stage_one_ema.items():
+        torch.testing.assert_close(rec.where(hook="epoch_start", epoch=1)[0]["params"][k], v)
+    # What grids and FID sample from at each epoch end is the EMA of the steps of its stage so far.
     for epoch, end in enumerate(rec.where(hook="epoch_end")):
         assert not end["eval_is_raw"]
-        want = expected_ema(steps[: 3 * (epoch + 1)])
+        want = expected_ema(steps[: 3 * (epoch + 1)] if epoch == 0 else steps[3: 3 * (epoch + 1)])
         for k, v in want.items():
             torch.testing.assert_close(end["eval_params"][k], v)
     # After fit the module holds the average; the checkpoint keeps the raw weights apart.
-    final = expected_ema(steps)
+    final = expected_ema(steps[3:])
     got = dict(module.net.named_parameters())
     for k, v in final.items():
         torch.testing.assert_close(got[k].detach(), v)
     raw = raw_net_state(read_checkpoint(two_stage.dir / "checkpoints" / "last.ckpt"))
     assert all(torch.equal(raw[k], steps[-1][k]) for k in steps[-1])
     assert differs({k: got[k].detach() for k in final}, {k: raw[k] for k in final})
+
+
+def test_ema_without_restart_averages_through_both_stages(tmp_path):
+    recorder = Recorder()
+    fit_tiny(tmp_path, ["stage1_epochs=1", "stage2_epochs=1", "callbacks.ema.restart_at_stage_two=false",
+                        *NO_FID], callbacks=[recorder])
+    steps = [e["params"] for e in recorder.where(hook="batch_end")]
+    stage_two_start = recorder.where(hook="epoch_start", epoch=1)[0]["params"]
+    assert all(torch.equal(stage_two_start[k], steps[2][k]) for k in steps[2])  # the raw weights
+    for k, v in expected_ema(steps).items():
+        torch.testing.assert_close(recorder.where(hook="epoch_end", epoch=1)[0]["eval_params"][k], v)
 
 
 def test_evaluation_net_without_ema_is_the_module_net(tmp_path):

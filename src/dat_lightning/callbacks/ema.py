@@ -31,12 +31,34 @@ class WarmupEMA(EMAWeightAveraging):
 
     Validation, the final weights and the checkpoint's ``state_dict`` use the average;
     the raw weights stay in the checkpoint's ``current_model_state`` for resuming.
+
+    With ``restart_at_stage_two`` (default), a run that trains both stages starts stage two the
+    way the authors run it as a separate job: from the stage-one EMA weights, with a fresh
+    average (warm-up included). Carried over instead, the average would mix stage-one weights
+    into every stage-two evaluation for ~1/(1 - max_decay) steps.
     """
 
-    def __init__(self, max_decay: float = 0.999, **kwargs: Any) -> None:
+    def __init__(self, max_decay: float = 0.999, restart_at_stage_two: bool = True, **kwargs: Any) -> None:
         super().__init__(decay=max_decay, **kwargs)
         self._kwargs["avg_fn"] = _warmup_avg_fn(max_decay)
         self.max_decay = max_decay
+        self.restart_at_stage_two = restart_at_stage_two
+        self._restarted = False
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        start = getattr(pl_module, "stage2_start_epoch", 0)
+        # start == 0: stage two begins from init_ckpt, whose weights the average already holds.
+        if self.restart_at_stage_two and not self._restarted and start > 0 and trainer.current_epoch == start:
+            self._copy_average_to_current(pl_module)
+            self._average_model.n_averaged.zero_()  # the next update copies, then the warm-up decay
+            self._restarted = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"restarted_at_stage_two": self._restarted}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._restarted = bool(state_dict.get("restarted_at_stage_two", False))
 
 
 def evaluation_net(trainer, pl_module):

@@ -210,3 +210,12 @@ def big_case(name, size, slow=False):
 def test_big_experiment_takes_one_training_step(name, size, tmp_path):
     module, _, cfg = one_training_step(tmp_path, name, size)
     assert module.net.num_classes == cfg.data.num_classes
+
+
+def test_fmnist_seed_source_swaps_to_handwritten_digits(tmp_path):
+    """The README's alternative seeds: only `_target_` changes, the node's arguments still fit."""
+    target = "dat_lightning.data.ood.HandwrittenDigits"
+    cfg = compose_config(tmp_path, [f"data.ood._target_={target}", "data.ood.length=8"], tiny=False)
+    seeds = hydra.utils.instantiate(cfg.data.ood)
+    assert type(seeds).__name__ == "HandwrittenDigits" and len(seeds) == 8
+    assert seeds[0].shape == (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)

@@ -24,6 +24,7 @@ from dat_lightning.data import (
     CorruptImageError,
     DatasetNotFoundError,
     DATDataModule,
+    HandwrittenDigits,
     NaturalPhotoCrops,
     OODImageFolder,
     TinyImages,
@@ -308,6 +309,27 @@ def test_natural_photo_crops_shape_range_determinism():
     assert color[0].shape == (3, 32, 32)
     with pytest.raises(TypeError, match="length"):
         len(NaturalPhotoCrops(28, 1))  # unset length is an error, not a silent default
+
+
+def test_handwritten_digits_are_centred_objects_on_black():
+    digits = HandwrittenDigits(size=28, channels=1, length=40, seed=0, box=20, max_shift=2)
+    image = digits[3]
+    assert image.shape == (1, 28, 28) and image.dtype == torch.float32
+    assert 0 <= image.min() and image.max() <= 1 and image.max() > 0.5
+    # MNIST's frame: the digit lies in a 20 px box shifted at most 2 px, so a 2 px border is black
+    assert image[:, :2].abs().sum() == 0 and image[:, -2:].abs().sum() == 0
+    assert image[:, :, :2].abs().sum() == 0 and image[:, :, -2:].abs().sum() == 0
+    assert torch.equal(image, HandwrittenDigits(28, 1, length=40, seed=0)[3])  # (seed, index)
+    assert not torch.equal(image, HandwrittenDigits(28, 1, length=40, seed=1)[3])
+    assert len({digits[i].sum().item() for i in range(40)}) > 30  # distinct digits and placements
+    assert len(digits.digits) == 1797  # the whole bundled set, offline
+
+    color = HandwrittenDigits(size=32, channels=3, length=2)
+    assert color[0].shape == (3, 32, 32) and torch.equal(color[0][0], color[0][2])
+    with pytest.raises(ValueError, match="fit"):
+        HandwrittenDigits(size=28, box=28, max_shift=1)
+    with pytest.raises(TypeError, match="length"):
+        len(HandwrittenDigits())
 
 
 def test_uniform_noise_is_deterministic_per_index():

@@ -10,12 +10,20 @@ from .datasets import (
     image_folder,
     restricted_imagenet,
 )
-from .ood import NaturalPhotoCrops, OODImageFolder, TinyImages, UniformNoise, UnlabeledImages
+from .ood import (
+    HandwrittenDigits,
+    NaturalPhotoCrops,
+    OODImageFolder,
+    TinyImages,
+    UniformNoise,
+    UnlabeledImages,
+)
 
 __all__ = [
     "CorruptImageError",
     "DATDataModule",
     "DatasetNotFoundError",
+    "HandwrittenDigits",
     "NaturalPhotoCrops",
     "OODImageFolder",
     "SeededRandomSampler",

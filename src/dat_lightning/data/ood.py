@@ -6,9 +6,10 @@ Every source is a map-style Dataset whose items are float32 tensors ``(C, H, W)`
 * finite sources read stored images (:class:`TinyImages`, :class:`OODImageFolder`,
   :class:`UnlabeledImages`); the datamodule's OOD sampler draws ``len(train_set)`` of them per
   epoch, so their size does not have to match the training set;
-* generated sources (:class:`NaturalPhotoCrops`, :class:`UniformNoise`) have ``generated = True``
-  and a ``length``; left at ``None`` the datamodule sets it to ``len(train_set)``. Item ``i`` is a
-  pure function of ``(seed, i)``, so the data order, and therefore a resumed run, is reproducible.
+* generated sources (:class:`NaturalPhotoCrops`, :class:`HandwrittenDigits`,
+  :class:`UniformNoise`) have ``generated = True`` and a ``length``; left at ``None`` the
+  datamodule sets it to ``len(train_set)``. Item ``i`` is a pure function of ``(seed, i)``, so
+  the data order, and therefore a resumed run, is reproducible.
 """
 
 from __future__ import annotations
@@ -360,6 +361,62 @@ class NaturalPhotoCrops(_GeneratedSource):
         return (
             f"NaturalPhotoCrops(size={self.size}, channels={self.channels}, length={self.length}, "
             f"seed={self.seed}, photos={len(self.photos)})"
+        )
+
+
+@functools.cache  # the 1797 digits are decoded once per process
+def _load_sklearn_digits() -> torch.Tensor:
+    from sklearn.datasets import load_digits  # bundled inside the scikit-learn wheel, no download
+
+    return torch.from_numpy(load_digits().images).float().div_(16.0)  # (1797, 8, 8), 17 levels
+
+
+class HandwrittenDigits(_GeneratedSource):
+    """The 8x8 handwritten digits bundled with scikit-learn (UCI optdigits), drawn MNIST-style.
+
+    Fashion-MNIST's counterpart of 80M Tiny Images for CIFAR: OOD images of the same format
+    (a centred grayscale object on black), which is what the chain should start from (MNIST is
+    the usual OOD set for Fashion-MNIST). Item ``i`` picks one of the 1797 digits, resizes it
+    (bilinear, antialiased) into a ``box`` x ``box`` square (MNIST's 20 px convention), flips it
+    half of the time and places it in a black ``size`` x ``size`` frame, centred up to a random
+    shift of ``max_shift`` pixels, all from an RNG seeded with ``(seed, i)``. ``channels == 3``
+    repeats the gray image into RGB.
+    """
+
+    def __init__(
+        self,
+        size: int = 28,
+        channels: int = 1,
+        length: int | None = None,
+        seed: int = 0,
+        box: int = 20,
+        max_shift: int = 2,
+    ):
+        super().__init__(length, seed)
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        if not 0 < box <= size or 2 * max_shift > size - box:
+            raise ValueError(f"a {box} px box shifted by up to {max_shift} px must fit in {size} px")
+        self.size, self.channels, self.box, self.max_shift = int(size), int(channels), int(box), int(max_shift)
+        self.digits = _load_sklearn_digits()
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        self._check_index(index)
+        rng = _item_rng(self.seed, index)
+        digit = self.digits[int(rng.integers(len(self.digits)))][None]
+        digit = TF.resize(digit, [self.box, self.box], antialias=True).clamp_(0.0, 1.0)
+        if rng.random() < 0.5:
+            digit = digit.flip(-1)
+        dy, dx = rng.integers(-self.max_shift, self.max_shift + 1, size=2)
+        top, left = (self.size - self.box) // 2 + int(dy), (self.size - self.box) // 2 + int(dx)
+        image = torch.zeros(1, self.size, self.size)
+        image[:, top : top + self.box, left : left + self.box] = digit
+        return image.expand(self.channels, -1, -1).contiguous()
+
+    def __repr__(self) -> str:
+        return (
+            f"HandwrittenDigits(size={self.size}, channels={self.channels}, length={self.length}, "
+            f"seed={self.seed})"
         )
 
 

@@ -230,6 +230,11 @@ def _item_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(index)])
 
 
+def _check_channels(channels: int) -> None:
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+
+
 class _GeneratedSource(Dataset):
     """Base for sources that synthesize item ``i`` from ``(seed, i)``; ``length`` may be deferred."""
 
@@ -307,8 +312,7 @@ class NaturalPhotoCrops(_GeneratedSource):
         photos: Sequence[str] = SKIMAGE_PHOTOS,
     ):
         super().__init__(length, seed)
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        _check_channels(channels)
         self.size, self.channels = int(size), int(channels)
         self.scale, self.log_ratio = tuple(scale), (np.log(ratio[0]), np.log(ratio[1]))
         self.photo_names = tuple(photos)
@@ -393,18 +397,18 @@ class HandwrittenDigits(_GeneratedSource):
         max_shift: int = 2,
     ):
         super().__init__(length, seed)
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        _check_channels(channels)
         if not 0 < box <= size or 2 * max_shift > size - box:
             raise ValueError(f"a {box} px box shifted by up to {max_shift} px must fit in {size} px")
         self.size, self.channels, self.box, self.max_shift = int(size), int(channels), int(box), int(max_shift)
-        self.digits = _load_sklearn_digits()
+        # resized once here, not per item: 1797 x box x box floats
+        digits = _load_sklearn_digits()[:, None]
+        self.digits = TF.resize(digits, [self.box, self.box], antialias=True).clamp_(0.0, 1.0)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         self._check_index(index)
         rng = _item_rng(self.seed, index)
-        digit = self.digits[int(rng.integers(len(self.digits)))][None]
-        digit = TF.resize(digit, [self.box, self.box], antialias=True).clamp_(0.0, 1.0)
+        digit = self.digits[int(rng.integers(len(self.digits)))]
         if rng.random() < 0.5:
             digit = digit.flip(-1)
         dy, dx = rng.integers(-self.max_shift, self.max_shift + 1, size=2)

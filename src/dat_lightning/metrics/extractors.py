@@ -18,6 +18,7 @@ import torch_fidelity.feature_extractor_inceptionv3 as _fidelity_inception
 from torch import Tensor, nn
 
 from dat_lightning.checkpoints import read_checkpoint
+from dat_lightning.metrics.fmnist_judge import FashionMNISTJudgeFeatures
 
 
 def _pyautoattack_examples() -> Path:
@@ -129,12 +130,16 @@ class InceptionFeatures(nn.Module):
         return features.float() @ self.net.fc.weight.T
 
 
-EXTRACTORS = {"cifar_resnet18": CifarResNet18Features, "inception": InceptionFeatures}
+EXTRACTORS = {
+    "cifar_resnet18": CifarResNet18Features,
+    "inception": InceptionFeatures,
+    "fmnist_cnn": FashionMNISTJudgeFeatures,
+}
 
 
 def build_extractor(name: str, **kwargs) -> nn.Module:
-    """An extractor by registry name (``cifar_resnet18``, ``inception``; both take ``weights_path``);
-    unknown names list the valid ones."""
+    """An extractor by registry name (``cifar_resnet18``, ``inception``, ``fmnist_cnn``; each takes
+    ``weights_path``); unknown names list the valid ones."""
     if name not in EXTRACTORS:
         raise ValueError(f"unknown feature extractor {name!r}; choose one of {sorted(EXTRACTORS)}")
     return EXTRACTORS[name](**kwargs)

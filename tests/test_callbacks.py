@@ -9,10 +9,12 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from dat_lightning.batchnorm import eval_mode
 from dat_lightning.callbacks import GenStepCurriculum, WarmupEMA
 from dat_lightning.callbacks.ema import evaluation_net, warmup_ema_decay
 from dat_lightning.checkpoints import read_checkpoint
 from dat_lightning.models import build_classifier
+from dat_lightning.sampling import pgd_sample
 from helpers import NO_FID, Recorder, compose_config, fit_tiny, same_tensors, two_stage_run
 
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -98,6 +100,31 @@ def test_sample_grid_every_epoch_and_fid_in_stage_two_only(two_stage):
     epoch_col = header.split(",").index("epoch")
     fid_epochs = {int(float(r.split(",")[epoch_col])) for r in rows if r.split(",")[column]}
     assert fid_epochs == {1, 2}  # stage one (epoch 0) has no samples, so no FID
+
+
+def test_fid_logs_the_mean_energy_of_the_samples_it_scores(two_stage):
+    trainer, module = two_stage.trainer, two_stage.module
+    fid = next(cb for cb in trainer.callbacks if type(cb).__name__ == "FIDCallback")
+    fid.compute(trainer, module, num_samples=30)
+    # The same 30 samples by hand: EMA weights in eval mode, seeds ood[10000 + i] (wrapping
+    # around the source), labels i % K.
+    net = evaluation_net(trainer, module)
+    k = module.net.num_classes
+    ood = trainer.datamodule.ood
+    x0 = torch.stack([ood[(10_000 + i) % len(ood)] for i in range(30)])
+    y = torch.arange(30) % k
+    with eval_mode(net):
+        x = pgd_sample(net, x0, y, step_size=fid.step_size, steps=fid.steps)
+        with torch.no_grad():
+            expected = -torch.logsumexp(net(x), dim=1).mean()
+    assert fid.last_sample_energy == pytest.approx(float(expected), rel=1e-5)
+    # ... and it is logged wherever FID is (stage two's epochs).
+    header, *rows = next((two_stage.dir / "csv").rglob("metrics.csv")).read_text().splitlines()
+    cols = header.split(",")
+    logged = [r.split(",") for r in rows]
+    fid_rows = [r for r in logged if r[cols.index(fid.metric_name)]]
+    energy_rows = [r for r in logged if r[cols.index("val/energy_samples")]]
+    assert len(energy_rows) == len(fid_rows) == 2
 
 
 def expected_ema(raw_steps: list[dict]) -> dict:

@@ -10,7 +10,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dat_lightning.batchnorm import eval_mode
 from dat_lightning.callbacks.ema import evaluation_net
+from dat_lightning.energy import marginal_energy
 from dat_lightning.generate import generate_batches
 from dat_lightning.metrics.fid import fill_real_statistics, make_fid
 from dat_lightning.metrics.quality import statistics_cache
@@ -37,6 +39,11 @@ class FIDCallback(Callback):
     FID is not Inception FID and must never be reported as one. With ``best_ckpt_path`` set,
     each new lowest FID rewrites that checkpoint (the paper keeps the best-FID model); the best
     value is part of the callback state, so it survives a resume.
+
+    Next to the FID it logs ``val/energy_samples``, the mean marginal energy of the same
+    samples, to read against ``val/energy`` (real images): test-time samples far below the real
+    energy mean the chain runs where stage two's loss never looked (a training chain much
+    shorter than the sampling chain).
     """
 
     def __init__(self, extractor: nn.Module, step_size: float, steps: int, num_samples: int = 1000,
@@ -57,6 +64,7 @@ class FIDCallback(Callback):
         self.metric_name = f"fid_{getattr(extractor, 'name', type(extractor).__name__)}"
         self._fid = None
         self.last_value: float | None = None
+        self.last_sample_energy: float | None = None
 
     def _real_batches(self, trainer: Trainer):
         dm = trainer.datamodule
@@ -95,16 +103,23 @@ class FIDCallback(Callback):
         k = pl_module.net.num_classes
         total = num_samples or self.num_samples
         share = shard_range(total, trainer.global_rank, trainer.world_size, k) if distributed else range(total)
+        energy_sum = 0.0
         # Seeds start past the sample grid's, over the whole seed source.
         for x, _ in generate_batches(net, trainer.datamodule.ood, len(share), k,
                                      step_size=self.step_size, steps=self.steps,
                                      batch_size=self.batch_size, seed_offset=10_000 + share.start,
                                      progress=progress):
-            self._fid.update(x.to(pl_module.device), real=False)
+            x = x.to(pl_module.device)
+            self._fid.update(x, real=False)
+            with torch.no_grad(), eval_mode(net):
+                energy_sum += float(marginal_energy(net(x)).sum())
         if distributed:
             for name in _FAKE_STATES:
                 state = getattr(self._fid, name)
                 state.copy_(trainer.strategy.reduce(state.clone(), reduce_op="sum"))
+            energy_sum = float(trainer.strategy.reduce(torch.tensor(energy_sum, device=pl_module.device),
+                                                       reduce_op="sum"))
+        self.last_sample_energy = energy_sum / total
         value = float(self._fid.compute())
         self.last_value = value
         return value
@@ -116,6 +131,7 @@ class FIDCallback(Callback):
             return
         value = self.compute(trainer, pl_module, distributed=True)
         pl_module.log(self.metric_name, torch.tensor(value), prog_bar=True, sync_dist=False)
+        pl_module.log("val/energy_samples", torch.tensor(self.last_sample_energy), sync_dist=False)
         if value < self.best_value:
             self.best_value = value
             if self.best_ckpt_path:

@@ -111,7 +111,6 @@ def train_wall(stage):
     return f"{int(wall.read_text()) / 60:.1f} min" if wall.is_file() else "n/a"
 
 
-
 def pct(x):
     return f"{100 * x:.2f}"
 

@@ -167,3 +167,22 @@ def test_resume_point_after_a_finished_epoch_is_the_next_epoch():
     assert resume_point({"epoch": 3, "batches": 2, "epoch_batches": 5}) == (3, 2)
     assert resume_point({"epoch": 3, "batches": 5, "epoch_batches": 5}) == (4, 0)
     assert resume_point({"epoch": 3, "batches": 0, "epoch_batches": 5}) == (3, 0)
+
+
+def test_stage_one_checkpoint_does_not_depend_on_the_stage_two_length(tmp_path):
+    """`make reproduce` trains stage one alone (stage2_epochs=0) and starts stage two from its
+    checkpoint: that checkpoint must be the one a two-stage fit writes at the stage boundary."""
+    from dat_lightning.train import run
+
+    states = []
+    for stage2_epochs in (0, 1):
+        out = tmp_path / f"stage2_{stage2_epochs}"
+        run(compose_config(out, [*NO_FID, "callbacks.sample_grid=null", "stage1_epochs=2",
+                                 f"stage2_epochs={stage2_epochs}", "trainer.limit_train_batches=3"]))
+        ckpt = read_checkpoint(out / "checkpoints" / "stage1.ckpt")
+        states.append((ckpt["global_step"], ckpt["state_dict"], ckpt["current_model_state"]))
+    (step_a, ema_a, raw_a), (step_b, ema_b, raw_b) = states
+    assert step_a == step_b == 6
+    for a, b in ((ema_a, ema_b), (raw_a, raw_b)):
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)

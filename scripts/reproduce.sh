@@ -56,14 +56,18 @@ STAGE1_CMD=("$PY" -m dat_lightning.train "hydra.run.dir=$OUT/stage1" "stage1_epo
 STAGE2_CMD=("$PY" -m dat_lightning.train "hydra.run.dir=$OUT/stage2" "stage1_epochs=0"
             "stage2_epochs=$STAGE2_EPOCHS" "init_ckpt=$STAGE1_CKPT" "model.gen_attack.max_steps=$GEN_MAX_STEPS"
             "summary.enabled=false" "$@")
+# Run a command, then write its wall time into the run directory $1.
+timed() {
+  local dir=$1 start
+  shift
+  echo ">>> $*"
+  start=$(date +%s)
+  "$@"
+  echo $(( $(date +%s) - start )) > "$dir/train_wall_time_s"
+}
 if [ "${SKIP_TRAIN:-0}" != 1 ]; then
-  for stage in 1 2; do
-    declare -n cmd="STAGE${stage}_CMD"
-    echo ">>> ${cmd[*]}"
-    start=$(date +%s)
-    "${cmd[@]}"
-    echo $(( $(date +%s) - start )) > "$OUT/stage${stage}/train_wall_time_s"
-  done
+  timed "$OUT/stage1" "${STAGE1_CMD[@]}"
+  timed "$OUT/stage2" "${STAGE2_CMD[@]}"
 fi
 for ckpt in "$STAGE1_CKPT" "$STAGE2_CKPT"; do
   [ -f "$ckpt" ] || { echo "missing $ckpt (did training finish?)"; exit 1; }
@@ -89,21 +93,20 @@ for stage in ${EVALUATE:-stage1 best-fid}; do
   "${EVAL_CMD[@]}"
 done
 
-"$PY" - "$OUT" "${STAGE1_CMD[*]}" "${STAGE2_CMD[*]}" <<'PYEOF'
+"$PY" - "$OUT" "$STAGE1_CKPT" "$STAGE2_CKPT" "${STAGE1_CMD[*]}" "${STAGE2_CMD[*]}" <<'PYEOF'
 import json
 import sys
 from pathlib import Path
 
 from dat_lightning.checkpoints import read_checkpoint
 
-out, stage1_cmd, stage2_cmd = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+out, stage1_ckpt, stage2_ckpt, stage1_cmd, stage2_cmd = Path(sys.argv[1]), *sys.argv[2:6]
 r1, r2 = (json.loads((out / f"eval_{s}" / "report.json").read_text()) for s in ("stage1", "best-fid"))
 m1, m2 = r1["metrics"], r2["metrics"]
 aa, fid = m2["autoattack"]["threat_model"], m2["fid"]
 name = fid["extractor"]
 samp = fid["sampling"]
-best = read_checkpoint(out / "stage2" / "checkpoints" / "best-fid.ckpt")
-first = read_checkpoint(out / "stage1" / "checkpoints" / "stage1.ckpt")
+best, first = read_checkpoint(stage2_ckpt), read_checkpoint(stage1_ckpt)
 
 
 def train_wall(stage):

@@ -10,7 +10,6 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dat_lightning.batchnorm import eval_mode
 from dat_lightning.callbacks.ema import evaluation_net
 from dat_lightning.energy import marginal_energy
 from dat_lightning.generate import generate_batches
@@ -111,7 +110,7 @@ class FIDCallback(Callback):
                                      progress=progress):
             x = x.to(pl_module.device)
             self._fid.update(x, real=False)
-            with torch.no_grad(), eval_mode(net):
+            with torch.no_grad():  # net is in eval mode while generate_batches yields
                 energy_sum += float(marginal_energy(net(x)).sum())
         if distributed:
             for name in _FAKE_STATES:

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from dat_lightning.reliability.checkpoint_io import atomic_torch_save
+
 _REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
 
 
@@ -37,7 +39,4 @@ def fill_real_statistics(
     for images in real_batches:
         fid.update(images.to(fid.device), real=True)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save({name: getattr(fid, name).cpu() for name in _REAL_STATES}, tmp)
-        tmp.replace(cache)
+        atomic_torch_save({name: getattr(fid, name).cpu() for name in _REAL_STATES}, cache)

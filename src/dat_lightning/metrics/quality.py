@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torchmetrics.image.inception import InceptionScore
 
 from dat_lightning.metrics.fid import fill_real_statistics, make_fid
+from dat_lightning.reliability.checkpoint_io import atomic_torch_save
 
 
 class PrecomputedFeatures(nn.Module):
@@ -151,10 +152,7 @@ def real_features(extractor: nn.Module, labelled_batches: Iterable[tuple[Tensor,
             labels.append(y.cpu())
     out = torch.cat(feats), torch.cat(labels)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save({"features": out[0], "labels": out[1]}, tmp)
-        tmp.replace(cache)
+        atomic_torch_save({"features": out[0], "labels": out[1]}, cache)
     return out
 
 

@@ -134,7 +134,7 @@ class FIDCallback(Callback):
         if value < self.best_value:
             self.best_value = value
             if self.best_ckpt_path:
-                trainer.save_checkpoint(self.best_ckpt_path)
+                trainer.save_checkpoint(self.best_ckpt_path, weights_only=False)  # resumable: full state
 
     def state_dict(self) -> dict:
         return {"best_value": self.best_value}

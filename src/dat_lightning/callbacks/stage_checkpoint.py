@@ -19,5 +19,5 @@ class StageOneCheckpoint(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.current_epoch + 1 == getattr(pl_module, "stage2_start_epoch", -1) and not trainer.fast_dev_run:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # stage two starts from it: full state
 

@@ -14,7 +14,7 @@
 # chain (T=50) goes far past a short training chain, and with the default run's cap of 5 steps
 # stage two barely changes the samples FID scores (README). It runs 7 epochs: an 8-epoch run's
 # in-training FID levelled off there (2.09 after epoch 7, 2.11 after 8). The whole script took
-# 60.7 min alone on 2 cores from an empty FID cache (README).
+# 57.1 min alone on 2 cores from an empty FID cache (README; identical runs vary by minutes).
 #
 # Environment knobs (defaults = the documented run):
 #   STAGE1_EPOCHS=12        stage-one (adversarial training) epochs of 200 batches

@@ -115,7 +115,12 @@ class Evaluation:
             loader, n_real = real_images(self.cfg.fid, self.dm)
             cache = statistics_cache(self.cfg.fid.get("cache_dir"), self.dm.name, "train",
                                      extractor_name(self.extractor()), n_real, kind="features")
-            self._real = real_features(self.extractor(), loader, cache)
+            cached = cache is not None and cache.is_file()
+            status = (f"cached in {cache}" if cached else f"computing (cache file {cache})" if cache
+                      else "computing (fid.cache_dir is null: not cached)")
+            print(f"[evaluate] real-image features of {n_real} train images: {status}", flush=True)
+            batches = loader if cached else tqdm(loader, desc="real features", leave=False)
+            self._real = real_features(self.extractor(), batches, cache)
         return self._real
 
     def picture(self, key: str, path: Path) -> str:

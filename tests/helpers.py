@@ -42,19 +42,21 @@ TINY_FMNIST = (
 NO_FID = ("callbacks.fid=null",)
 
 
-def compose_config(tmp_path: Path, overrides: Sequence[str] = (), tiny: bool = True) -> DictConfig:
-    """The resolved-on-access training config for ``overrides``, outputs under ``tmp_path``.
+def compose_config(tmp_path: Path, overrides: Sequence[str] = (), tiny: bool = True,
+                   config_name: str = "train") -> DictConfig:
+    """The resolved-on-access config of a CLI (``train``, ``sample``, ``evaluate``) for
+    ``overrides``, outputs under ``tmp_path``.
 
     Sets the HydraConfig singleton too, so ``${hydra:...}`` interpolations resolve as in a CLI run,
     and returns the config without its ``hydra`` node, as ``@hydra.main`` hands it to ``run``.
-    ``tiny`` prepends :data:`TINY_FMNIST` (later overrides win).
+    ``tiny`` prepends :data:`TINY_FMNIST` to a training config (later overrides win).
     """
-    base = [*TINY_FMNIST] if tiny else []
+    base = [*TINY_FMNIST] if tiny and config_name == "train" else []
     overrides = [*base, f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path}/cache",
                  *overrides]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=_dedupe(overrides), return_hydra_config=True)
+        cfg = compose(config_name, overrides=_dedupe(overrides), return_hydra_config=True)
     HydraConfig().set_config(cfg)
     return drop_hydra(cfg)
 

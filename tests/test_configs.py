@@ -10,9 +10,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from dat_lightning.cli.instantiate import instantiate_all
 from dat_lightning.config import CONFIG_DIR
 from dat_lightning.data.datasets import DatasetNotFoundError
-from dat_lightning.train import build, instantiate_all
+from dat_lightning.train import build
 from helpers import compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))

@@ -69,7 +69,7 @@ def _worker_main(out_dir: Path, mode: str) -> None:
         "stage1_epochs=1", "stage2_epochs=1", "model.clf_attack.steps=2", "model.gen_attack.start_steps=0",
         "model.gen_attack.max_steps=5", "callbacks.curriculum.auc_threshold=0.0",
         # global batch 2 x 16 = 32: the window holds 2 reduced AUCs, then T grows
-        "callbacks.curriculum.min_imgs_per_threshold=64", "callbacks.sample_grid=null",
+        "callbacks.curriculum.min_imgs_per_threshold=64",
     ]
     if mode == "fast":
         overrides += [*NO_FID, "trainer.limit_val_batches=0"]
@@ -166,6 +166,19 @@ def test_shards_partition_the_samples_at_class_boundaries():
         shards = [shard_range(n, r, world, k) for r in range(world)]
         assert [i for s in shards for i in s] == list(range(n))
         assert all(s.start % k == 0 for s in shards if len(s))
+
+
+def test_the_readme_ddp_command_runs_every_default_callback(tmp_path):
+    """``python -m dat_lightning.train trainer=ddp trainer.accelerator=cpu trainer.devices=2
+    trainer.fast_dev_run=true`` verbatim: two gloo processes, every callback of the default config
+    (the sample grid used to wait forever on rank 0 for a collective the other rank never joined)."""
+    from helpers import run_cli
+
+    result = run_cli(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                      "trainer.fast_dev_run=true"], cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    (run_dir,) = (tmp_path / "outputs" / "train").iterdir()
+    assert (run_dir / "samples" / "final.png").is_file()  # drawn on rank 0, after the collective
 
 
 def test_ddp_two_cpu_processes_fast(tmp_path):

@@ -6,6 +6,13 @@ Guarantees:
   naming the checkpoint, no traceback. (SIGUSR1 does the same; tests/test_resume.py sends it.)
 - Launching the same command again resumes from that checkpoint automatically (the run directory
   is derived from the command's overrides, ``ckpt_path: last`` is the default) and finishes the run.
+- A signal to the whole process group (SLURM without ``B:``, ``timeout``, ``kill -- -PGID``) with
+  real data-loader workers: the workers leave it to the training process, which saves and exits
+  with 128 + signal, for SIGTERM and SIGUSR1.
+- A run stuck outside a training step still ends: a second signal at once; one signal after
+  ``grace_s`` when the process runs Python (here: sleeps), after ``responsive_s`` when it is
+  blocked in native code (here: two DDP ranks waiting for a message nobody sends); exit code
+  128 + signal, a message naming the last checkpoint, no process left behind.
 - The run directory name is a function of the overrides: stable, no nested folders from paths in
   values, bounded length; ``run_name`` names it explicitly.
 - ``ckpt_path``: ``last`` finds the run directory's last checkpoint or starts afresh, null starts
@@ -14,11 +21,13 @@ Guarantees:
 
 from __future__ import annotations
 
+import os
 import selectors
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +45,39 @@ COMMAND = [
     f"trainer.limit_train_batches={STEPS_PER_EPOCH}",
 ]
 READY = "Preemption: on SIGTERM"  # logged when training starts and the handlers are installed
+HANG = ["+callbacks.hang={_target_: hang_callbacks.WaitForever}"]  # stuck at the first epoch end
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen:
+    """The training CLI in a process group of its own (so that the group can be signalled)."""
+    env = cli_env(PYTHONPATH=str(Path(__file__).resolve().parent))
+    return subprocess.Popen([sys.executable, "-m", "dat_lightning.train", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> tuple[str, float]:
+    """Wait for ``proc``; its remaining output and how long that took. Kills its group on timeout."""
+    started = time.monotonic()
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return output, time.monotonic() - started
+
+
+def group_gone(pgid: int, timeout: float = 15.0) -> bool:
+    """Whether every process of the group has ended within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    os.killpg(pgid, signal.SIGKILL)
+    return False
 
 
 def wait_for_line(proc: subprocess.Popen, marker: str, timeout: float) -> str:
@@ -105,3 +147,53 @@ def test_ckpt_path_last_null_or_explicit(tmp_path):
     assert resolve_ckpt_path(str(last), tmp_path) == str(last)
     with pytest.raises(CheckpointError, match="does not exist"):
         resolve_ckpt_path(str(tmp_path / "nope.ckpt"), tmp_path)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_signal_to_the_process_group_saves_despite_the_data_workers(signum, tmp_path):
+    args = [*COMMAND, "data.num_workers=2", "trainer.limit_train_batches=200", f"paths.cache_dir={tmp_path}/c"]
+    proc = start(args, tmp_path)
+    seen = wait_for_line(proc, READY, timeout=240)
+    time.sleep(1.5)  # the workers are up and loading batches
+    os.killpg(proc.pid, signum)  # the training process, its workers, everything
+    output, _ = finish(proc, timeout=120)
+    output = seen + output
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum, output[-3000:]
+    assert f"stopped by {name}: checkpoint saved to" in output and "killed by signal" not in output
+    (run_dir,) = (tmp_path / "outputs" / "train").iterdir()
+    assert 1 <= read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] < 400
+    assert group_gone(proc.pid)
+
+
+def test_a_run_stuck_outside_a_step_ends_after_its_grace(tmp_path):
+    proc = start([*COMMAND, *HANG, "callbacks.preemption.grace_s=3", f"paths.cache_dir={tmp_path}/c"], tmp_path)
+    wait_for_line(proc, "HANGING", timeout=240)
+    proc.send_signal(signal.SIGTERM)
+    output, took = finish(proc, timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert "stopped by SIGTERM without saving: the run could not save within 3 s" in output
+    assert "the newest checkpoint is" in output and "stage1.ckpt" in output and took < 20
+
+
+def test_a_second_signal_ends_the_run_at_once(tmp_path):
+    proc = start([*COMMAND, *HANG, f"paths.cache_dir={tmp_path}/c"], tmp_path)  # grace_s: 60
+    wait_for_line(proc, "HANGING", timeout=240)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    output, took = finish(proc, timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert "stopped by SIGTERM without saving: a second signal" in output and took < 10
+
+
+def test_a_ddp_run_blocked_in_a_collective_ends_on_one_sigterm(tmp_path):
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    proc = start([*COMMAND, *ddp, *HANG, f"paths.cache_dir={tmp_path}/c"], tmp_path)
+    wait_for_line(proc, "HANGING rank 0", timeout=240)
+    time.sleep(1.0)  # both ranks are waiting now
+    os.killpg(proc.pid, signal.SIGTERM)  # as `timeout` does
+    output, took = finish(proc, timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert "did not respond within 5 s" in output and took < 30
+    assert group_gone(proc.pid)  # the other rank and every worker ended too

@@ -24,6 +24,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
+from dat_lightning.cli.app import in_run_directory, launch
+from dat_lightning.cli.instantiate import make_loggers
+from dat_lightning.cli.settings_checks import EVALUATION_METRICS, check_evaluate_settings
 from dat_lightning.config import CONFIG_DIR, register_resolvers
 from dat_lightning.data.datamodule import TransformedDataset
 from dat_lightning.data.ood import UniformNoise
@@ -36,12 +39,12 @@ from dat_lightning.metrics.quality import (
     real_features,
     statistics_cache,
 )
+from dat_lightning.reliability.signal_watchdog import ignore_preemption_signals
 from dat_lightning.report import (
     close_loggers,
     flatten_numbers,
     log_numbers,
     log_pictures,
-    make_loggers,
     write_json,
 )
 from dat_lightning.sample import (
@@ -56,7 +59,7 @@ from dat_lightning.sample import (
 
 register_resolvers()
 
-METRICS = ("clean", "autoattack", "fid", "counterfactual", "ood", "calibration")
+METRICS = EVALUATION_METRICS
 
 
 class Evaluation:
@@ -69,7 +72,7 @@ class Evaluation:
                                        format=cfg.get("format", "auto"))
         self.net: nn.Module = self.run.net.to(self.device)
         self.num_classes = int(self.net.num_classes)
-        self.dm = build_datamodule(self.run.config, cfg.get("data_overrides"), batch_size=int(cfg.batch_size),
+        self.dm = build_datamodule(self.run, cfg.get("data_overrides"), batch_size=int(cfg.batch_size),
                                    num_workers=int(cfg.num_workers))
         self.out_dir = Path(cfg.paths.output_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +97,7 @@ class Evaluation:
         """Logits and labels over the test split (``test_size`` images; null = all), computed once."""
         if self._test is None:
             loader = DataLoader(self.test_set(self.cfg.test_size), batch_size=int(self.cfg.batch_size),
-                                num_workers=int(self.cfg.num_workers))
+                                num_workers=int(self.cfg.num_workers), worker_init_fn=ignore_preemption_signals)
             logits, labels = [], []
             with torch.no_grad():
                 for x, y in tqdm(loader, desc="test split", leave=False):
@@ -274,9 +277,7 @@ class Evaluation:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.metrics`` on ``cfg.ckpt``; returns the report written to ``report.json``."""
     started = time.time()
-    unknown = sorted(set(cfg.metrics) - set(METRICS))
-    if unknown:
-        raise ValueError(f"unknown metrics {unknown}; choose from {list(METRICS)}")
+    check_evaluate_settings(cfg)
     seed_everything(int(cfg.seed), workers=True)
     ev = Evaluation(cfg)
     report: dict[str, Any] = {
@@ -313,8 +314,13 @@ def print_report(report: Mapping[str, Any]) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def hydra_main(cfg: DictConfig) -> None:
+    in_run_directory(cfg, run)
+
+
+def main() -> None:
+    """The CLI: overrides and values checked first, then the evaluation in its own directory."""
+    launch("evaluate", hydra_main, validate=check_evaluate_settings)
 
 
 if __name__ == "__main__":

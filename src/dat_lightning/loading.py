@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -27,6 +26,7 @@ from dat_lightning.checkpoints import (
     load_matching,
     read_checkpoint,
 )
+from dat_lightning.checkpoints.stored_config import build_data, build_network
 from dat_lightning.config import CONFIG_DIR, register_resolvers
 from dat_lightning.pretrained import detect_format, load_robust
 
@@ -41,6 +41,8 @@ class LoadedRun:
     config: DictConfig
     path: Path
     gen_steps: int | None  # the curriculum's chain length T when the checkpoint was written
+    config_source: str = ""  # where ``config`` came from, for messages
+    config_stored: bool = True  # the checkpoint's own (resolved) config, not one the user gave
 
 
 def experiment_config(config: ConfigLike) -> DictConfig:
@@ -87,9 +89,9 @@ def load_run(path: str | Path, ema: bool = True, config: ConfigLike | None = Non
     path = Path(path)
     ckpt = read_checkpoint(path)
     if config is not None:
-        cfg = experiment_config(config)
-    elif "dat_config" in ckpt:
-        cfg = OmegaConf.create(ckpt["dat_config"])
+        cfg, source, stored = experiment_config(config), f"the config {config!r}", False
+    elif isinstance(ckpt.get("dat_config"), Mapping):
+        cfg, source, stored = OmegaConf.create(dict(ckpt["dat_config"])), f"the checkpoint {path}", True
     else:
         raise CheckpointError(
             f"{path} is a plain state dict without the config it was trained with: pass the "
@@ -98,7 +100,7 @@ def load_run(path: str | Path, ema: bool = True, config: ConfigLike | None = Non
         )
     if OmegaConf.select(cfg, "model.net") is None:
         raise CheckpointError(f"the config for {path} has no model.net node to build the classifier from")
-    net = hydra.utils.instantiate(cfg.model.net)
+    net = build_network(cfg.model.net, source, stored=stored)
     kind = detect_format(ckpt) if format == "auto" else format
     if kind == "dat":
         state = classifier_state_dict(ckpt, ema=ema)
@@ -107,7 +109,8 @@ def load_run(path: str | Path, ema: bool = True, config: ConfigLike | None = Non
     load_matching(net, state, source=str(path))
     net.eval().requires_grad_(False)
     gen_steps = ckpt.get("dat_gen_steps")
-    return LoadedRun(net=net, config=cfg, path=path, gen_steps=None if gen_steps is None else int(gen_steps))
+    return LoadedRun(net=net, config=cfg, path=path, gen_steps=None if gen_steps is None else int(gen_steps),
+                     config_source=source, config_stored=stored)
 
 
 def load_classifier(path: str | Path, ema: bool = True, config: ConfigLike | None = None,
@@ -128,9 +131,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def build_datamodule(cfg: DictConfig, overrides: Mapping[str, Any] | None = None, **kwargs: Any):
-    """The run's :class:`~dat_lightning.data.DATDataModule`, with ``overrides`` merged into its
-    ``data`` node (e.g. another dataset root) and ``kwargs`` (batch_size, num_workers) on top."""
-    if overrides:  # merged at the root so that interpolations such as ${seed} still resolve
-        cfg = OmegaConf.merge(cfg, {"data": OmegaConf.to_container(OmegaConf.create(dict(overrides)))})
-    return hydra.utils.instantiate(cfg.data, **kwargs)
+def build_datamodule(run: LoadedRun, overrides: Mapping[str, Any] | None = None, **kwargs: Any):
+    """The run's :class:`~dat_lightning.data.DATDataModule`, built from its checked ``data`` node
+    (:func:`~dat_lightning.checkpoints.stored_config.build_data`) with the user's ``overrides``
+    merged in (e.g. another dataset root) and ``kwargs`` (batch_size, num_workers) on top."""
+    if OmegaConf.select(run.config, "data") is None:
+        raise CheckpointError(f"{run.config_source} has no data node: evaluation needs the dataset")
+    return build_data(run.config.data, "data", run.config_source, stored=run.config_stored,
+                      overrides=OmegaConf.to_container(OmegaConf.create(dict(overrides))) if overrides else None,
+                      **kwargs)

@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig
 from torchvision.io import ImageReadMode, read_image
 
 from dat_lightning.loggers import log_image_to
@@ -33,13 +32,6 @@ def write_json(path: str | Path, obj: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     return path
-
-
-def make_loggers(group: DictConfig | None) -> list[Logger]:
-    """The loggers of a ``logger`` config group (``csv``, ``wandb``; null for none)."""
-    from dat_lightning.train import instantiate_all
-
-    return instantiate_all(group)
 
 
 def log_numbers(loggers: list[Logger], numbers: Mapping[str, float], step: int = 0) -> None:

@@ -24,6 +24,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.utils import make_grid, save_image
 
+from dat_lightning.checkpoints.stored_config import build_data
+from dat_lightning.cli.app import in_run_directory, launch
+from dat_lightning.cli.instantiate import make_loggers
+from dat_lightning.cli.settings_checks import check_sample_settings
 from dat_lightning.config import CONFIG_DIR, register_resolvers
 from dat_lightning.data.ood import UniformNoise
 from dat_lightning.figures import save_figure
@@ -36,7 +40,7 @@ from dat_lightning.metrics.quality import (
     features_of,
     statistics_cache,
 )
-from dat_lightning.report import close_loggers, log_numbers, log_pictures, make_loggers, write_json
+from dat_lightning.report import close_loggers, log_numbers, log_pictures, write_json
 
 register_resolvers()
 
@@ -75,7 +79,7 @@ def seed_source(run: LoadedRun, seeds: str | Mapping[str, Any], num_images: int)
         if data.get("ood") is None:
             raise ValueError("the checkpoint's config has no data.ood seed source: use seeds=uniform or a "
                              "node with _target_")
-        source = hydra.utils.instantiate(run.config.data.ood)
+        source = build_data(run.config.data.ood, "data.ood", run.config_source, stored=run.config_stored)
     elif isinstance(seeds, Mapping) and "_target_" in seeds:
         source = hydra.utils.instantiate(seeds)
     else:
@@ -185,10 +189,8 @@ def run_sweep(cfg: DictConfig, run: LoadedRun, settings: dict[str, Any], source:
               out_dir: Path) -> dict[str, Any]:
     """FID (and IS) of the same seeds for every chain length in ``cfg.sweep``."""
     steps_list = [int(t) for t in cfg.sweep]
-    if not steps_list or min(steps_list) < 0:
-        raise ValueError(f"sweep must be a non-empty list of chain lengths >= 0, got {list(cfg.sweep)}")
     extractor = build_feature_extractor(cfg.fid).to(device)
-    dm = build_datamodule(run.config, cfg.get("data_overrides"), num_workers=int(cfg.num_workers))
+    dm = build_datamodule(run, cfg.get("data_overrides"), num_workers=int(cfg.num_workers))
     scorer = sample_quality(cfg.fid, extractor, dm)
     k = run.net.num_classes
     rows, loggers = [], make_loggers(cfg.get("logger"))
@@ -198,6 +200,7 @@ def run_sweep(cfg: DictConfig, run: LoadedRun, settings: dict[str, Any], source:
                    out_dir / f"grid_steps_{steps:03d}.png")
         row = {"steps": steps} | scorer(torch.split(x, int(cfg.fid.batch_size)))
         rows.append(row)
+        write_json(out_dir / "sweep.json", {"rows": rows})  # each T's result is kept before logging it
         log_numbers(loggers, {f"sweep/{key}": v for key, v in row.items() if isinstance(v, (int, float))}, step=steps)
         print(f"T={steps}: " + ", ".join(f"{key}={v:.4f}" for key, v in row.items() if isinstance(v, float)),
               flush=True)
@@ -215,6 +218,7 @@ def run_sweep(cfg: DictConfig, run: LoadedRun, settings: dict[str, Any], source:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Sample (or sweep) as ``cfg`` says; returns the settings written to ``settings.json``."""
     started = time.time()
+    check_sample_settings(cfg)
     seed_everything(int(cfg.seed), workers=True)
     device = resolve_device(cfg.device)
     loaded = load_run(cfg.ckpt, ema=bool(cfg.ema), config=cfg.get("config"), format=cfg.get("format", "auto"))
@@ -242,20 +246,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         info["outputs"] = {"grid": str(out_dir / "grid.png"),
                            "npz": str(out_dir / "samples.npz") if cfg.save_npz else None,
                            "png_dir": str(out_dir / "png") if cfg.save_png else None}
+    info["wall_time_s"] = round(time.time() - started, 2)
+    write_json(out_dir / "settings.json", info)  # before any logger can fail
+    if not cfg.get("sweep"):
         loggers = make_loggers(cfg.get("logger"))
         log_pictures(loggers, {"samples/grid": out_dir / "grid.png"})
         if "target_class_accuracy" in info:
             log_numbers(loggers, {"samples/target_class_accuracy": info["target_class_accuracy"]})
         close_loggers(loggers)
-    info["wall_time_s"] = round(time.time() - started, 2)
-    write_json(out_dir / "settings.json", info)
     print(f"samples written to {out_dir}", flush=True)
     return info
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="sample")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def hydra_main(cfg: DictConfig) -> None:
+    in_run_directory(cfg, run)
+
+
+def main() -> None:
+    """The CLI: overrides and values checked first, then the sampling in its own directory."""
+    launch("sample", hydra_main, validate=check_sample_settings)
 
 
 if __name__ == "__main__":

@@ -1,31 +1,26 @@
 """Train a DAT model: ``python -m dat_lightning.train [+experiment=NAME] [key=value ...]``.
 
 A thin ``@hydra.main`` around :func:`run`, which tests call with a composed config. Mistakes
-exit with one message and code 1 (:mod:`dat_lightning.reliability.errors`); a preempted run exits
+exit with one message and code 1 (:mod:`dat_lightning.cli.errors`); a preempted run exits
 with 128 + signal, and the same command resumes it (:mod:`dat_lightning.reliability.preemption`).
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch import Callback, Trainer, seed_everything
 from omegaconf import DictConfig, OmegaConf
 
+from dat_lightning.cli.app import in_run_directory, launch
+from dat_lightning.cli.config_checks import check_model_fits_data
+from dat_lightning.cli.instantiate import instantiate_all, make_loggers
+from dat_lightning.cli.run_directory import check_resume
+from dat_lightning.cli.settings_checks import check_train_settings
 from dat_lightning.config import CONFIG_DIR, register_resolvers
-from dat_lightning.reliability.config_checks import (
-    check_config,
-    check_model_fits_data,
-    check_overrides,
-    cli_overrides,
-    wandb_offline_fallback,
-)
-from dat_lightning.reliability.errors import clear_errors
 from dat_lightning.reliability.preemption import register_run_dir_resolver, resolve_ckpt_path
 from dat_lightning.summary import final_summary, print_summary
 
@@ -33,24 +28,16 @@ register_resolvers()
 register_run_dir_resolver()
 
 
-def instantiate_all(group: DictConfig | None) -> list[Any]:
-    """Instantiate every non-null entry of a config group (callbacks, loggers)."""
-    if not group:
-        return []
-    return [hydra.utils.instantiate(node) for node in group.values() if node is not None]
-
-
 def build(cfg: DictConfig) -> tuple[Any, Any, Trainer]:
     """The datamodule, the LightningModule and the Trainer a config describes."""
-    check_config(cfg)
-    wandb_offline_fallback(cfg.get("logger"))
+    check_train_settings(cfg)
     seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     module = hydra.utils.instantiate(cfg.model)
     check_model_fits_data(module.net, datamodule)
     module.experiment_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks: list[Callback] = instantiate_all(cfg.get("callbacks"))
-    loggers = instantiate_all(cfg.get("logger"))
+    loggers = make_loggers(cfg.get("logger"))
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return datamodule, module, trainer
 
@@ -59,6 +46,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Fit both stages as configured, then measure the final model; returns the summary."""
     datamodule, module, trainer = build(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
+    check_resume(ckpt_path, module.experiment_config, force=bool(cfg.get("force_resume", False)))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     summary: dict[str, Any] = {"output_dir": str(cfg.paths.output_dir)}
     if cfg.summary.enabled and not trainer.fast_dev_run and trainer.is_global_zero:
@@ -71,17 +59,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> None:
-    with clear_errors(HydraConfig.get().runtime.output_dir):
-        run(cfg)
+    in_run_directory(cfg, run)
 
 
 def main() -> None:
-    """The CLI. Overrides are checked first, so a typo lists the valid keys or options."""
-    overrides = cli_overrides(sys.argv[1:])
-    if overrides is not None:
-        with clear_errors():
-            check_overrides(overrides, "train")
-    hydra_main()
+    """The CLI: overrides and values checked first, then the run in its own directory."""
+    launch("train", hydra_main, validate=check_train_settings)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,14 @@ class SampleGrid(Callback):
         self.last_path: Path | None = None
         self._last_grid: tuple[int, torch.Tensor] | None = None  # (global step, grid) of the last draw
 
+    @staticmethod
+    def _out_dir(trainer: Trainer) -> Path:
+        # trainer.log_dir broadcasts rank 0's folder: a collective, so every rank must ask for it
+        # (asked on rank 0 alone, it waits forever for the others).
+        return Path(trainer.log_dir or trainer.default_root_dir) / "samples"
+
     def draw(self, trainer: Trainer, pl_module: LightningModule, tag: str) -> Path | None:
+        out_dir = self._out_dir(trainer)
         if not trainer.is_global_zero:
             return None
         net = evaluation_net(trainer, pl_module)
@@ -43,10 +50,9 @@ class SampleGrid(Callback):
         grid = make_grid(samples[order], nrow=self.per_class, padding=1, pad_value=1.0)
         log_image(trainer, "samples/grid", grid, step=trainer.global_step)
         self._last_grid = (trainer.global_step, grid)
-        return self._save(trainer, grid, tag)
+        return self._save(out_dir, grid, tag)
 
-    def _save(self, trainer: Trainer, grid: torch.Tensor, tag: str) -> Path:
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
+    def _save(self, out_dir: Path, grid: torch.Tensor, tag: str) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{tag}.png"
         save_image(grid, path)
@@ -62,6 +68,6 @@ class SampleGrid(Callback):
         # No step since the last epoch-end grid: same weights (EMA or raw), same seeds, so the
         # same grid; save it as final instead of running the chain again.
         if self._last_grid is not None and self._last_grid[0] == trainer.global_step:
-            self._save(trainer, self._last_grid[1], "final")
+            self._save(self._out_dir(trainer), self._last_grid[1], "final")
         else:
             self.draw(trainer, pl_module, "final")

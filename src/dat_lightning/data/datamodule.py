@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
@@ -32,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from dat_lightning.reliability.data_faults import SkipCorrupt, check_policy
 from dat_lightning.reliability.resumable_data import SeededItems, data_position, resume_point
+from dat_lightning.reliability.signal_watchdog import ignore_preemption_signals
 
 ImageTransform = Callable[[Image.Image], torch.Tensor]
 
@@ -49,6 +51,14 @@ AUGMENTATION_SEED_STREAM = 1 << 20
 # Stands in for the epoch when seeding a loader's worker base seeds: far from any real epoch, so
 # it never equals a sampler seed.
 WORKER_SEED_SLOT = 1 << 30
+
+
+def check_name(name: str) -> str:
+    """A dataset name is part of cache file names (FID statistics): letters, digits, ``_.-``
+    only, so that no name (e.g. from a downloaded checkpoint's config) points outside the cache."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
+        raise ValueError(f"data.name must be letters, digits and _.- (it names cache files), got {name!r}")
+    return name
 
 
 def stream_seed(seed: int, stream: int, epoch: int) -> int:
@@ -219,7 +229,7 @@ class DATDataModule(pl.LightningDataModule):
         self.persistent_workers = (
             self.num_workers > 0 if persistent_workers is None else persistent_workers
         )
-        self.name = name or f"{type(train_set).__name__.lower()}{len(train_set)}"
+        self.name = check_name(name or f"{type(train_set).__name__.lower()}{len(train_set)}")
         self._checked_stages: set[str] = set()
         self.on_corrupt_image = check_policy(on_corrupt_image)
         self._skip_counters: list[SkipCorrupt] = []
@@ -341,6 +351,7 @@ class DATDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
+            worker_init_fn=ignore_preemption_signals,  # the training process saves, then stops them
             # Seeds the workers' base seed (augmentation randomness) from the run seed rather than
             # from whatever the global torch RNG holds when the iterator is created.
             generator=torch.Generator().manual_seed(

@@ -172,71 +172,108 @@ def fashion_mnist(
 # --------------------------------------------------------------------------------------------
 
 
-class _PresenceCheckedMixin:
-    """For torchvision's CIFAR classes: check that the files exist instead of hashing them.
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR's python batches and nothing else.
 
-    Hashing every batch file on each construction is slow and rejects small test fixtures written
-    in the same pickle format; ``download=True`` still verifies the archive's md5 on download.
-    (These override private torchvision methods, checked against torchvision 0.28.)
+    A batch file is a dict of numpy arrays, lists, strings and bytes: the numpy globals those need
+    are allowed, every other global is refused. A file planted under a dataset root (the root can
+    come from a downloaded checkpoint's config) therefore cannot run code, as a plain
+    ``pickle.load`` (torchvision's reader) would let it.
     """
 
-    def _check_integrity(self) -> bool:
-        folder = Path(self.root) / self.base_folder
-        return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
+    _ALLOWED = frozenset({
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+    })
 
-    def _load_meta(self) -> None:
-        path = Path(self.root) / self.base_folder / self.meta["filename"]
-        with open(path, "rb") as f:
-            meta = pickle.load(f, encoding="latin1")
-        self.classes = meta[self.meta["key"]]
-        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
-
-
-class LocalCIFAR10(_PresenceCheckedMixin, torchvision.datasets.CIFAR10):
-    """torchvision CIFAR-10 with a presence (not md5) check."""
-
-
-class LocalCIFAR100(_PresenceCheckedMixin, torchvision.datasets.CIFAR100):
-    """torchvision CIFAR-100 with a presence (not md5) check."""
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"refused the global {module}.{name}: a CIFAR batch holds arrays and lists only, and "
+            "loading this file could run code"
+        )
 
 
-def _cifar(name: str, dataset_cls: type, root: str | os.PathLike, train: bool, download: bool):
-    folder = Path(root).expanduser() / dataset_cls.base_folder
+def _read_batch(path: Path) -> dict:
+    with open(path, "rb") as f:
+        batch = _BatchUnpickler(f, encoding="latin1").load()
+    if not isinstance(batch, dict):
+        raise ValueError(f"{path} holds a {type(batch).__name__}, not a CIFAR batch dict")
+    return batch
+
+
+class LocalCIFAR(Dataset):
+    """CIFAR-10/100 from the python release's batch files, read without running pickled code.
+
+    The layout (folder, file names, label and class-name keys) is torchvision's (``release``:
+    ``torchvision.datasets.CIFAR10`` or ``CIFAR100``); files are checked for presence, not
+    hashed, so small test fixtures in the same format load too (a download still checks the
+    archive's md5). Items are ``(PIL RGB image, int label)``.
+    """
+
+    def __init__(self, release: type, root: str | os.PathLike, train: bool = True) -> None:
+        folder = Path(root).expanduser() / release.base_folder
+        files = [name for name, _ in (release.train_list if train else release.test_list)]
+        missing = [name for name in [*files, release.meta["filename"]] if not (folder / name).is_file()]
+        if missing:
+            raise RuntimeError(f"missing files {missing} in {folder}")
+        data, targets = [], []
+        for name in files:
+            batch = _read_batch(folder / name)
+            data.append(np.asarray(batch["data"], dtype=np.uint8))
+            targets += list(batch["labels"] if "labels" in batch else batch["fine_labels"])
+        self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        self.targets = [int(t) for t in targets]
+        self.classes = list(_read_batch(folder / release.meta["filename"])[release.meta["key"]])
+        self.root = str(root)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return Image.fromarray(self.data[index]), self.targets[index]
+
+
+def _cifar(name: str, release: type, root: str | os.PathLike, train: bool, download: bool) -> Dataset:
+    folder = Path(root).expanduser() / release.base_folder
     if not download and not folder.is_dir():
         raise _not_found(
             name,
             folder,
             f"Point `root` (e.g. `data.train_set.root`, default ${{DATA_ROOT}}/cifar) at the folder "
-            f"that contains '{dataset_cls.base_folder}', or set `download: true` with internet "
+            f"that contains '{release.base_folder}', or set `download: true` with internet "
             "access to let torchvision fetch it there.",
         )
     if download and not folder.is_dir():
-        try:
-            return dataset_cls(str(Path(root).expanduser()), train=train, download=True)
+        try:  # torchvision fetches the archive and checks its md5; the reading is ours
+            release(str(Path(root).expanduser()), train=train, download=True)
         except Exception as err:  # network errors come in many types (URLError, OSError, ...)
             raise _not_found(
                 name,
                 folder,
                 f"Downloading it failed ({type(err).__name__}: {err}); no internet? Without "
-                f"internet, fetch {dataset_cls.url} elsewhere and extract it into "
+                f"internet, fetch {release.url} elsewhere and extract it into "
                 f"'{Path(root).expanduser()}' (so that '{folder}' exists), then set `download: false`.",
             ) from err
     try:
-        return dataset_cls(str(Path(root).expanduser()), train=train, download=download)
-    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted" (partial folder)
+        return LocalCIFAR(release, root, train=train)
+    except RuntimeError as err:  # a partial folder
         raise _not_found(name, folder, f"The folder is incomplete ({err}).") from err
     except (OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as err:
-        raise CorruptImageError(f"could not read {name} batches under '{folder}': {err!r}") from err
+        raise CorruptImageError(f"could not read {name} batches under '{folder}': {err}") from err
 
 
 def cifar10(root: str | os.PathLike, train: bool = True, download: bool = False) -> Dataset:
     """CIFAR-10 from ``<root>/cifar-10-batches-py`` (the python pickle release)."""
-    return _cifar("CIFAR-10", LocalCIFAR10, root, train, download)
+    return _cifar("CIFAR-10", torchvision.datasets.CIFAR10, root, train, download)
 
 
 def cifar100(root: str | os.PathLike, train: bool = True, download: bool = False) -> Dataset:
     """CIFAR-100 (fine labels) from ``<root>/cifar-100-python``."""
-    return _cifar("CIFAR-100", LocalCIFAR100, root, train, download)
+    return _cifar("CIFAR-100", torchvision.datasets.CIFAR100, root, train, download)
 
 
 # --------------------------------------------------------------------------------------------

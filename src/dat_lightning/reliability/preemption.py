@@ -6,6 +6,10 @@
   :mod:`.checkpoint_io`) and stops the run with :class:`Preempted`; the CLI then exits with
   ``128 + signal`` (143 for SIGTERM) and one line saying where the checkpoint is. On SLURM the
   job is requeued (``scontrol requeue``).
+* The signal cannot be lost: data-loader workers leave it to the training process, and a
+  watchdog thread ends the process (``128 + signal``, naming the last checkpoint) on a second
+  signal, when the training process is blocked in native code, or when no save came within
+  ``grace_s`` seconds (:mod:`.signal_watchdog`).
 * The next launch of the same command finds that checkpoint: the run directory is derived from
   the command-line overrides (``outputs/<task_name>/<overrides>``, see ``conf/hydra/default.yaml``)
   and ``ckpt_path: last`` (the default) resumes from ``<run dir>/checkpoints/last.ckpt`` when it
@@ -33,6 +37,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from omegaconf import OmegaConf
 
 from dat_lightning.checkpoints import CheckpointError
+from dat_lightning.reliability.divergence import latest_checkpoint
+from dat_lightning.reliability.signal_watchdog import SignalWatchdog
 
 DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1")
 MAX_RUN_DIR_NAME = 120
@@ -62,13 +68,17 @@ class Preemption(Checkpoint):
     A :class:`~lightning.pytorch.callbacks.Checkpoint` subclass so that Lightning runs it after
     the other callbacks of a step (EMA update, curriculum): the checkpoint holds the complete
     state after the step. Signals are honoured at the end of a training step or of an epoch
-    (after validation and the epoch-end callbacks), never mid-step.
+    (after validation and the epoch-end callbacks), never mid-step. A
+    :class:`~.signal_watchdog.SignalWatchdog` ends the process when that cannot happen in time: a
+    second signal, a training process blocked in native code, no save within ``grace_s``.
 
     Args:
         dirpath: folder of the checkpoint (the run's ``checkpoints/``).
         filename: its name; ``last.ckpt`` is what ``ckpt_path: last`` resumes from.
         signals: signal names to handle.
         slurm_requeue: under SLURM (``SLURM_JOB_ID`` set), requeue the job after saving.
+        grace_s: seconds from the first signal within which the run must have saved and stopped.
+        responsive_s: seconds within which the training process must notice a signal.
     """
 
     def __init__(
@@ -77,22 +87,23 @@ class Preemption(Checkpoint):
         filename: str = "last.ckpt",
         signals: tuple[str, ...] | list[str] = DEFAULT_SIGNALS,
         slurm_requeue: bool = True,
+        grace_s: float = 60.0,
+        responsive_s: float = 5.0,
     ) -> None:
         self.path = Path(dirpath) / filename
         self.signals = [getattr(signal, name) for name in signals]
         self.slurm_requeue = slurm_requeue
+        self.grace_s, self.responsive_s = float(grace_s), float(responsive_s)
         self.signal_received: int | None = None
+        self._saving = False
         self._previous_handlers: dict[int, Any] = {}
+        self._watchdog: SignalWatchdog | None = None
 
     # -- signal handling ----------------------------------------------------------------------
 
     def _handle(self, signum: int, frame: Any) -> None:
         # Runs between two bytecodes of the training process: only set a flag.
         self.signal_received = signum
-
-    def request(self, signum: int = signal.SIGTERM) -> None:
-        """Ask for a preemption save at the next step end, as a signal would."""
-        self.signal_received = int(signum)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Installed here, after Lightning registered its own SIGTERM handler (which would stop
@@ -102,16 +113,29 @@ class Preemption(Checkpoint):
             return
         for signum in self.signals:
             self._previous_handlers[signum] = signal.signal(signum, self._handle)
+        launcher = trainer.strategy.launcher
+        self._watchdog = SignalWatchdog(
+            self.signals, acknowledged=lambda: self.signal_received is not None,
+            saving=lambda: self._saving, last_checkpoint=lambda: latest_checkpoint(trainer),
+            children=lambda: list(getattr(launcher, "procs", None) or []),
+            grace_s=self.grace_s, responsive_s=self.responsive_s)
+        self._watchdog.start()
         names = ", ".join(signal.Signals(s).name for s in self.signals)
         rank_zero_info(f"Preemption: on {names} the run saves {self.path} at the end of the step and stops.")
 
     def _restore_handlers(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
         for signum, handler in self._previous_handlers.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous_handlers = {}
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._restore_handlers()
+        try:  # a signal after the last save point still stops the process, after saving
+            self._stop_if_signalled(trainer)
+        finally:
+            self._restore_handlers()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._restore_handlers()
@@ -125,8 +149,11 @@ class Preemption(Checkpoint):
         if not requested:
             return
         signum = self.signal_received or signal.SIGTERM
-        # The full training state (weights_only=False here means: not just the weights).
-        trainer.save_checkpoint(self.path, weights_only=False)  # collective under DDP; rank 0 writes
+        self._saving = True
+        try:  # the full training state (weights_only=False here means: not just the weights)
+            trainer.save_checkpoint(self.path, weights_only=False)  # collective under DDP; rank 0 writes
+        finally:
+            self._saving = False
         rank_zero_info(f"Preemption ({signal.Signals(signum).name}): saved {self.path}.")
         if self.slurm_requeue and os.environ.get("SLURM_JOB_ID") and trainer.is_global_zero:
             _slurm_requeue()

@@ -19,13 +19,21 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with a clear message for each way it can fail."""
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with a clear message for each way it can fail.
+
+    ``mmap=True`` maps the tensors instead of reading them (cheap when only the metadata is needed).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as err:
+            if not mmap or "mmap" not in str(err):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)  # a legacy (non-zip) file
     except pickle.UnpicklingError as err:
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if refused is None and "safe_globals" not in str(err):  # not a refused class: bad bytes

@@ -23,7 +23,6 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dat_lightning.attacks import check_positive
 from dat_lightning.config import CONFIG_DIR
 
 log = logging.getLogger(__name__)
@@ -67,15 +66,14 @@ def _unknown_key_message(cfg: DictConfig, key: str, config_dir: Path) -> str | N
 
 
 def check_overrides(overrides: Sequence[str], config_name: str = "train",
-                    config_dir: Path = CONFIG_DIR) -> None:
-    """Compose ``config_name`` with ``overrides`` as the CLI will; raise :class:`ConfigError`
-    with the valid keys or options when one does not exist."""
+                    config_dir: Path = CONFIG_DIR) -> DictConfig:
+    """Compose ``config_name`` with ``overrides`` as the CLI will and return it; raise
+    :class:`ConfigError` with the valid keys or options when one does not exist."""
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             try:
-                compose(config_name, overrides=list(overrides))
-                return
+                return compose(config_name, overrides=list(overrides))
             except (HydraException, OmegaConfBaseException) as err:
                 first_error = err
             # Locate the unknown key: compose with only the overrides that shape the config
@@ -118,18 +116,6 @@ def cli_overrides(argv: Sequence[str]) -> list[str] | None:
 
 
 # -- the composed config --------------------------------------------------------------------------
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Values used only late in a run (end-of-epoch sampling), checked before training starts."""
-    for key in ("stage1_epochs", "stage2_epochs"):
-        if key in cfg and int(cfg[key]) < 0:
-            raise ConfigError(f"{key} must be >= 0, got {cfg[key]}")
-    sampling = cfg.get("sampling")
-    if sampling is not None:
-        check_positive(**{"sampling.step_size": sampling.step_size})
-        if int(sampling.steps) < 0:
-            raise ConfigError(f"sampling.steps must be >= 0, got {sampling.steps}")
 
 
 def check_model_fits_data(net: Any, datamodule: Any) -> None:

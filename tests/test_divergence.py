@@ -135,3 +135,47 @@ def test_finiteness_check_flags_nan_and_inf_but_not_large_values():
         assert is_finite_step(torch.tensor(1.0), [w]) is ok
     w.grad = torch.zeros(3)
     assert not is_finite_step(torch.tensor(math.nan), [w])
+
+
+def test_nan_samples_skip_the_fid_and_the_run_ends_without_a_crash(tmp_path):
+    """One bad step (fewer than max_bad_steps) right before the epoch-end FID: the FID's samples are
+    NaN. The eigenvalue routine inside FID used to crash the interpreter on them (exit 139, no
+    message); now the measurement is skipped with a warning and the run ends normally."""
+    from pathlib import Path
+
+    from helpers import TINY_FMNIST, cli_env, run_cli
+
+    args = [*TINY_FMNIST, "stage1_epochs=1", "stage2_epochs=1", "summary.enabled=true", "summary.test_size=16",
+            "summary.fid_samples=20", "+callbacks.nan={_target_: fault_callbacks.NaNLogitsFromTheLastStep}",
+            f"paths.cache_dir={tmp_path}/cache"]
+    result = run_cli(args, cwd=tmp_path, env=cli_env(PYTHONPATH=str(Path(__file__).resolve().parent)))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "NaN from now on" in output and "Skipped a training step" in output
+    assert "the generated images' features hold NaN or inf" in output and "measurement is skipped" in output
+    assert "fid_cifar10_resnet18  not measured" in output  # the final summary says why
+
+
+def test_fid_of_non_finite_features_is_an_error_not_a_crash():
+    from dat_lightning.metrics.fid import NonFiniteFeatures
+    from dat_lightning.metrics.quality import fid_from_features
+
+    real, fake = torch.randn(20, 4), torch.randn(20, 4)
+    assert math.isfinite(fid_from_features(real, fake))
+    fake[3, 1] = math.nan
+    with pytest.raises(NonFiniteFeatures, match="generated images' features hold NaN"):
+        fid_from_features(real, fake)
+    real[0, 0] = math.inf
+    with pytest.raises(NonFiniteFeatures, match="real images' features"):
+        fid_from_features(real, torch.randn(20, 4))
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_by_name(tmp_path, tiny_run_dir):
+    import dat_lightning
+    from dat_lightning.checkpoints import CheckpointError, read_checkpoint
+
+    ckpt = read_checkpoint(tiny_run_dir / "checkpoints" / "last.ckpt")
+    ckpt["state_dict"]["net.backbone.conv1.weight"][0] = math.nan
+    torch.save(ckpt, tmp_path / "diverged.ckpt")
+    with pytest.raises(CheckpointError, match=r"NaN or inf in 1 tensor\(s\): backbone.conv1.weight"):
+        dat_lightning.load_classifier(tmp_path / "diverged.ckpt")

@@ -45,7 +45,7 @@ COMMAND = [
     f"trainer.limit_train_batches={STEPS_PER_EPOCH}",
 ]
 READY = "Preemption: on SIGTERM"  # logged when training starts and the handlers are installed
-HANG = ["+callbacks.hang={_target_: hang_callbacks.WaitForever}"]  # stuck at the first epoch end
+HANG = ["+callbacks.hang={_target_: fault_callbacks.WaitForever}"]  # stuck at the first epoch end
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from dat_lightning.attacks import pgd_attack
 from dat_lightning.batchnorm import eval_mode
 from dat_lightning.callbacks import FIDCallback, SampleGrid
+from dat_lightning.metrics.fid import NonFiniteFeatures
 
 
 def accuracy(net, loader, attack: dict[str, Any], max_batches: int | None = None,
@@ -50,7 +51,10 @@ def final_summary(cfg: DictConfig, trainer: Trainer, module, datamodule) -> dict
     }
     for cb in trainer.callbacks:
         if isinstance(cb, FIDCallback) and cfg.summary.fid_samples:
-            value = cb.compute(trainer, module, num_samples=int(cfg.summary.fid_samples), progress=True)
+            try:
+                value = cb.compute(trainer, module, num_samples=int(cfg.summary.fid_samples), progress=True)
+            except NonFiniteFeatures as err:
+                value = f"not measured: {err}"
             out[cb.metric_name] = value
             out["fid_samples"] = int(cfg.summary.fid_samples)
             out["fid_sampling"] = f"T={cb.steps} step={cb.step_size}"

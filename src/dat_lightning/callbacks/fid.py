@@ -7,13 +7,14 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.utils.data import DataLoader
 
 from dat_lightning.callbacks.ema import evaluation_net
 from dat_lightning.energy import marginal_energy
 from dat_lightning.generate import generate_batches
-from dat_lightning.metrics.fid import fill_real_statistics, make_fid
+from dat_lightning.metrics.fid import NonFiniteFeatures, checked_fid, fill_real_statistics, make_fid
 from dat_lightning.metrics.quality import statistics_cache
 
 _FAKE_STATES = ("fake_features_sum", "fake_features_cov_sum", "fake_features_num_samples")
@@ -119,7 +120,7 @@ class FIDCallback(Callback):
             energy_sum = float(trainer.strategy.reduce(torch.tensor(energy_sum, device=pl_module.device),
                                                        reduce_op="sum"))
         self.last_sample_energy = energy_sum / total
-        value = float(self._fid.compute())
+        value = checked_fid(self._fid, f"{self.metric_name} at epoch {trainer.current_epoch}")
         self.last_value = value
         return value
 
@@ -128,7 +129,13 @@ class FIDCallback(Callback):
             return
         if self.stage2_only and getattr(pl_module, "stage", 2) != 2:
             return
-        value = self.compute(trainer, pl_module, distributed=True)
+        try:
+            value = self.compute(trainer, pl_module, distributed=True)
+        except NonFiniteFeatures as err:  # every rank sees the same reduced statistics
+            rank_zero_warn(f"{err} The measurement is skipped (no {self.metric_name} logged, the best-FID "
+                           "checkpoint kept); training goes on under the divergence guard.")
+            self.last_value = None
+            return
         pl_module.log(self.metric_name, torch.tensor(value), prog_bar=True, sync_dist=False)
         pl_module.log("val/energy_samples", torch.tensor(self.last_sample_energy), sync_dist=False)
         if value < self.best_value:

@@ -91,13 +91,21 @@ def load_matching(model: nn.Module, state: Mapping[str, Tensor], source: str = "
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or wrong_shape:
-        def show(keys: list[str]) -> str:
-            return ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "") or "none"
 
+    def show(keys: list[str]) -> str:
+        return ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "") or "none"
+
+    if missing or unexpected or wrong_shape:
         raise CheckpointError(
             f"{source} does not fit the model: missing keys: {show(missing)}; unexpected keys: "
             f"{show(unexpected)}; wrong shapes: {show(wrong_shape)}. Check that the experiment config "
             "(architecture, num_classes, in_chans) matches the one the checkpoint was trained with."
+        )
+    broken = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if broken:
+        raise CheckpointError(
+            f"{source} holds NaN or inf in {len(broken)} tensor(s): {show(broken)}. The model diverged "
+            "before this checkpoint was written; use an earlier one (e.g. checkpoints/stage1.ckpt, or "
+            "best-fid.ckpt)."
         )
     model.load_state_dict(state, strict=True)

@@ -12,6 +12,28 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from dat_lightning.reliability.checkpoint_io import atomic_torch_save
 
 _REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
+_SUMS = {"real": ("real_features_sum", "real_features_cov_sum"),
+         "generated": ("fake_features_sum", "fake_features_cov_sum")}
+
+
+class NonFiniteFeatures(ValueError):
+    """Images or features holding NaN or inf: no Frechet distance can be computed from them."""
+
+
+def checked_fid(fid: FrechetInceptionDistance, what: str = "FID") -> float:
+    """``fid.compute()`` once its feature statistics are known to be finite.
+
+    The matrix square root inside FID runs an eigenvalue routine that crashes the interpreter
+    (a segmentation fault, no message) on NaN input; here such statistics raise
+    :class:`NonFiniteFeatures` instead, saying which side holds them.
+    """
+    for side, names in _SUMS.items():
+        if not all(bool(torch.isfinite(getattr(fid, name)).all()) for name in names):
+            cause = ("the model produced NaN/inf samples (it has diverged, or its chain overflows)"
+                     if side == "generated" else "the real images or the extractor are broken")
+            raise NonFiniteFeatures(f"{what}: the {side} images' features hold NaN or inf, so no FID "
+                                    f"can be computed: {cause}.")
+    return float(fid.compute())
 
 
 def make_fid(extractor: nn.Module, **metric_kwargs) -> FrechetInceptionDistance:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.image.inception import InceptionScore
 
-from dat_lightning.metrics.fid import fill_real_statistics, make_fid
+from dat_lightning.metrics.fid import checked_fid, fill_real_statistics, make_fid
 from dat_lightning.reliability.checkpoint_io import atomic_torch_save
 
 
@@ -64,7 +64,7 @@ def fid_from_features(real: Tensor, fake: Tensor) -> float:
     fid = make_fid(PrecomputedFeatures(real.shape[1])).to(real.device)
     fid.update(real, real=True)
     fid.update(fake.to(real.device), real=False)
-    return float(fid.compute())
+    return checked_fid(fid)
 
 
 def inception_score(logits: Tensor, splits: int = 10) -> tuple[float, float]:
@@ -126,7 +126,7 @@ class SampleQuality:
                 logits.append(self.extractor.logits_from_features(features).cpu())
         out: dict[str, float | int | str] = {
             "extractor": self.name,
-            f"fid_{self.name}": float(self.fid.compute()),
+            f"fid_{self.name}": checked_fid(self.fid, f"FID ({self.name})"),
             "num_samples": n,
             "num_real": int(self.fid.real_features_num_samples),
         }

@@ -14,6 +14,7 @@ Guarantees:
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -85,7 +86,14 @@ def fit(tmp_path, callback, overrides=()):
 
 def test_non_finite_steps_are_skipped_counted_and_training_goes_on(tmp_path):
     nan = NaNOnCommand(poison={1, 4})  # one stage-one and one stage-two step, mid-epoch
-    module, trainer = fit(tmp_path, nan)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module, trainer = fit(tmp_path, nan)
+    skipped = [str(w.message) for w in caught if "Skipped a training step" in str(w.message)]
+    # each warning names its own batch (the global step does not advance on a skipped step)
+    assert len(skipped) == 2
+    assert "batch 1 of epoch 0, training batch 2 of the run" in skipped[0]
+    assert "batch 1 of epoch 1, training batch 5 of the run" in skipped[1]
     assert [r["poisoned"] for r in nan.steps] == [False, True, False, False, True, False]
     assert [r["stage"] for r in nan.steps] == [1, 1, 1, 2, 2, 2]
     for k in (0, 1, 3, 4):  # steps followed by another in the same epoch

@@ -127,3 +127,25 @@ def test_unconditional_sampling_moves_the_seeds_and_stores_no_labels(ckpt, tmp_p
     seeds = torch.stack([UniformNoise(channels=1, size=28, length=10)[i] for i in range(10)])
     moved = (torch.from_numpy(data["images"]).float() / 255 - seeds).flatten(1).norm(dim=1)
     assert (moved > 0.1).all() and (moved <= 2 * 0.5 + 0.06).all()  # T steps of L2 length 0.5 (+ uint8 rounding)
+
+
+@pytest.mark.parametrize("module, extra, written", [
+    ("dat_lightning.sample", ["num_samples=10", "steps=1"], "settings.json"),
+    ("dat_lightning.evaluate", ["metrics=[clean]", "test_size=16"], "report.json"),
+])
+def test_wandb_without_credentials_logs_offline_and_keeps_the_results(module, extra, written, ckpt, tmp_path):
+    """``logger=wandb`` with no API key used to fail with "No API key configured" after all the work
+    was done, before the results were written: now W&B logs offline (and says so), and the
+    results are on disk before any logger runs."""
+    from helpers import cli_env, run_cli
+
+    home = tmp_path / "home"  # no ~/.netrc
+    home.mkdir()
+    env = {k: v for k, v in cli_env(HOME=str(home)).items() if k not in ("WANDB_API_KEY", "WANDB_MODE", "NETRC")}
+    out = tmp_path / "out"
+    result = run_cli([f"ckpt={ckpt}", "logger=wandb", f"hydra.run.dir={out}", *extra], cwd=tmp_path, env=env,
+                     module=module)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "W&B: no credentials found" in output and "OFFLINE" in output
+    assert (out / written).is_file() and list(out.glob("wandb/offline-run-*"))

@@ -320,7 +320,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The CLI: overrides and values checked first, then the evaluation in its own directory."""
-    launch("evaluate", hydra_main, validate=check_evaluate_settings)
+    launch("evaluate", hydra_main, validate=check_evaluate_settings, checkpoints=("ckpt",))
 
 
 if __name__ == "__main__":

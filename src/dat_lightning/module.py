@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from dat_lightning.attacks import NORMS, check_positive, pgd_attack
 from dat_lightning.batchnorm import broadcast_batchnorm_buffers, has_training_batchnorm
-from dat_lightning.checkpoints import load_matching
+from dat_lightning.checkpoints import check_fits, load_matching
 from dat_lightning.energy import joint_energy, marginal_energy
 from dat_lightning.fused import fused_attack_and_chain, fused_logits, fusion_blocker
 from dat_lightning.losses import bce_energy_loss, conditional_auc
@@ -227,7 +227,7 @@ class DATModule(LightningModule):
             # no "auc" (so no curriculum update), BatchNorm statistics as before the step.
             restore_running_stats(running_stats)
             stats.pop("auc", None)
-            self.divergence.report_bad_step(self, stats | {"loss": loss.detach()})
+            self.divergence.report_bad_step(self, stats | {"loss": loss.detach()}, batch_idx)
         if self.stage == 1:
             # Under DDP every rank updated its BatchNorm statistics on its own shard; take rank 0's,
             # as DDP's buffer broadcast would (off in manual optimization), so that all ranks
@@ -299,5 +299,9 @@ class DATModule(LightningModule):
         checkpoint["dat_divergence"] = self.divergence.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning loads the weights right after this hook; a mismatch would surface as a bare
+        # RuntimeError from load_state_dict, so it is reported here the way init_ckpt reports it.
+        source = f"ckpt_path={self._trainer.ckpt_path if self._trainer is not None else 'the checkpoint'}"
+        check_fits(self.state_dict(), checkpoint.get("state_dict", {}), source)
         self.gen_steps = int(checkpoint.get("dat_gen_steps", self.gen_steps))
         self.divergence.load_state_dict(checkpoint.get("dat_divergence", {}))

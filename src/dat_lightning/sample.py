@@ -265,7 +265,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The CLI: overrides and values checked first, then the sampling in its own directory."""
-    launch("sample", hydra_main, validate=check_sample_settings)
+    launch("sample", hydra_main, validate=check_sample_settings, checkpoints=("ckpt",))
 
 
 if __name__ == "__main__":

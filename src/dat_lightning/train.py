@@ -64,7 +64,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The CLI: overrides and values checked first, then the run in its own directory."""
-    launch("train", hydra_main, validate=check_train_settings)
+    launch("train", hydra_main, validate=check_train_settings, checkpoints=("ckpt_path", "init_ckpt"))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 from dat_lightning.checkpoints.reading import (
     NET_PREFIX,
     CheckpointError,
+    check_fits,
     classifier_state_dict,
     load_matching,
     read_checkpoint,
 )
 
-__all__ = ["NET_PREFIX", "CheckpointError", "classifier_state_dict", "load_matching", "read_checkpoint"]
+__all__ = ["NET_PREFIX", "CheckpointError", "check_fits", "classifier_state_dict", "load_matching", "read_checkpoint"]

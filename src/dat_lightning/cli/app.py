@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from dat_lightning.checkpoints import CheckpointError, read_checkpoint
 from dat_lightning.cli import run_directory
 from dat_lightning.cli.config_checks import check_overrides, cli_overrides
 from dat_lightning.cli.errors import clear_errors
@@ -24,16 +25,25 @@ from dat_lightning.cli.errors import clear_errors
 Validate = Callable[[DictConfig], None]
 
 
-def launch(config_name: str, hydra_main: Callable[[], Any], validate: Validate | None = None) -> None:
-    """Check the command line's overrides and values against ``config_name``, then run
-    ``hydra_main`` (a ``@hydra.main`` function). Flags Hydra handles itself (``-m``, ``--cfg``
-    ...) skip the early checks; the task still validates inside the run."""
+def launch(config_name: str, hydra_main: Callable[[], Any], validate: Validate | None = None,
+           checkpoints: tuple[str, ...] = ()) -> None:
+    """Check the command line's overrides and values against ``config_name``, and that the
+    checkpoint files named by the keys ``checkpoints`` can be read, then run ``hydra_main`` (a
+    ``@hydra.main`` function). Flags Hydra handles itself (``-m``, ``--cfg`` ...) skip the early
+    checks; the task still validates inside the run."""
     overrides = cli_overrides(sys.argv[1:])
     if overrides is not None:
         with clear_errors():
             cfg = check_overrides(overrides, config_name)
             if validate is not None:
                 validate(cfg)
+            for key in checkpoints:
+                path = OmegaConf.select(cfg, key, default=None)
+                if path not in (None, "", "last", "null"):
+                    try:
+                        read_checkpoint(path, mmap=True)  # maps the tensors: cheap for any size
+                    except CheckpointError as err:
+                        raise CheckpointError(f"{key}: {err}") from None
     hydra_main()
 
 

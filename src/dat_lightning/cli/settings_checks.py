@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dat_lightning.attacks import NORMS
@@ -110,7 +111,9 @@ def check_train_settings(cfg: DictConfig) -> None:
         at_least(cfg, "data.batch_size", 1)
         at_least(cfg, "data.num_workers", 0)
     precision = str(OmegaConf.select(cfg, "trainer.precision", default=""))
-    if OmegaConf.select(cfg, "trainer.accelerator", default="") == "cpu" and precision in ("16", "16-mixed"):
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="")
+    on_cpu = accelerator == "cpu" or accelerator == "auto" and not torch.cuda.is_available()
+    if on_cpu and precision in ("16", "16-mixed"):
         raise ConfigError(
             f"trainer.precision={precision} is not available on the CPU (Lightning would run "
             "bf16-mixed instead and the run would record the wrong precision): use "

@@ -120,11 +120,17 @@ class DivergenceGuard:
             self.total += 1
         return ok
 
-    def report_bad_step(self, pl_module: Any, stats: Mapping[str, Tensor]) -> None:
-        """Warn about a skipped step; raise :class:`DivergenceError` once too many came in a row."""
+    def report_bad_step(self, pl_module: Any, stats: Mapping[str, Tensor], batch_idx: int) -> None:
+        """Warn about a skipped step; raise :class:`DivergenceError` once too many came in a row.
+
+        The step is named by its batch: the global step counts optimizer steps, which a skipped
+        step does not make, so it would name every skipped step alike.
+        """
         trainer, stage = pl_module.trainer, pl_module.stage
         values = ", ".join(f"{k}={float(v):.4g}" for k, v in stats.items() if torch.is_tensor(v) and v.numel() == 1)
-        where = f"global step {trainer.global_step}, epoch {trainer.current_epoch}, stage {stage}"
+        where = (f"batch {batch_idx} of epoch {trainer.current_epoch}, training batch "
+                 f"{trainer.fit_loop.total_batch_idx + 1} of the run, {trainer.global_step} optimizer "
+                 f"steps so far, stage {stage}")
         if self.consecutive < self.max_consecutive:
             rank_zero_warn(
                 f"Skipped a training step with a non-finite loss or gradient ({where}; {values}): "

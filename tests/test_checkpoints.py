@@ -90,15 +90,16 @@ def test_read_errors_name_the_file_and_the_problem(tmp_path):
     truncated.write_bytes(data[: len(data) // 2])
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00not a checkpoint at all" * 10)
-    for path in (truncated, garbage):
-        with pytest.raises(CheckpointError, match="truncated or corrupt") as err:
+    for path, problem in ((truncated, "truncated or corrupt"), (garbage, "is not a checkpoint: it is binary data")):
+        with pytest.raises(CheckpointError, match=problem) as err:
             read_checkpoint(path)
         assert str(path) in str(err.value)
     with pytest.raises(CheckpointError, match="not found"):
         read_checkpoint(tmp_path / "missing.pt")
     module_pickle = tmp_path / "module.pt"
     torch.save(nn.Linear(2, 2), module_pickle)  # a whole module: needs its class to unpickle
-    with pytest.raises(CheckpointError, match="Re-save the weights as a plain state dict"):
+    with pytest.raises(CheckpointError, match="needs the object torch.nn.modules.linear.Linear.*re-save its "
+                                              "weights as a plain state dict"):
         read_checkpoint(module_pickle)
 
 

@@ -88,10 +88,12 @@ def _pickle_globals(path: Path) -> tuple[str | None, str | None]:
         head = f.read(4096)
     if head[:1] != b"\x80":  # every pickle of protocol 2 or later (all torch.save files) starts so
         try:
-            first = head.decode("utf-8").strip().splitlines()[0][:60]
-            return f"a text file (starting {first!r})", None
-        except (UnicodeDecodeError, IndexError):
-            return f"binary data (starting {head[:12]!r})", None
+            text = head.decode("utf-8")
+        except UnicodeDecodeError:
+            text = ""
+        if text.strip() and all(c.isprintable() or c.isspace() for c in text):
+            return f"a text file (starting {text.strip().splitlines()[0][:60]!r})", None
+        return f"binary data (starting {head[:12]!r})", None
     strings: list[str] = []
     try:
         with path.open("rb") as f:

@@ -78,7 +78,7 @@ class Config:
 CPU_CONFIGS = [
     Config("wrn10_1 32px B16 K10 T10", "wrn10_1", 32, 16, 10, 10),
     Config("wrn10_1 32px B16 K10 T50", "wrn10_1", 32, 16, 10, 50),
-    Config("convnext-mini+ConvStem 32px B16 K3 T15", "convnext_tiny_convstem", 32, 16, 3, 15,
+    Config("convnext-mini+ConvStem 32px B16 K3 T15", "test_convnext_convstem", 32, 16, 3, 15,
            model_kwargs=MINI_CONVNEXT, optimizer="adamw"),
 ]
 GPU_CONFIGS = [
@@ -125,7 +125,7 @@ def build_module(cfg: Config, tmpdir: str, fused: bool = True, compile_: bool = 
         opt = functools.partial(torch.optim.SGD, lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)
     module = DATModule(
         net, clf_attack={"norm": "l2", "eps": 0.5, "step_size": 0.1, "steps": cfg.attack_steps},
-        gen_attack={"step_size": 0.1, "start_steps": cfg.chain_steps, "max_steps": cfg.chain_steps},
+        gen_attack={"step_size": 0.1},
         optimizer_stage1=opt, optimizer_stage2=opt, stage2_start_epoch=0, init_ckpt=str(init),
         fused=fused, compile=compile_,
     )

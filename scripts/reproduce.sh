@@ -2,7 +2,7 @@
 # CPU-scale reproduction of DAT's central claim (`make reproduce`): adversarial training (stage
 # one), then DAT (stage two) as a separate job started from the stage-one checkpoint, the way
 # the authors run it; then evaluate the stage-one model and the stage-two model the authors keep
-# (the best-FID checkpoint, SPEC "curriculum") with the same seeds and the same sampling T.
+# (the best-FID checkpoint, docs/algorithm.md, "Curriculum") with the same seeds and the same sampling T.
 # Claim: stage two makes FID at least 2x lower while AutoAttack robust accuracy stays within
 # 3 points.
 #
@@ -19,7 +19,7 @@
 # Environment knobs (defaults = the documented run):
 #   STAGE1_EPOCHS=12        stage-one (adversarial training) epochs of 200 batches
 #   STAGE2_EPOCHS=7         stage-two (DAT) epochs of 200 batches
-#   GEN_MAX_STEPS=20        the curriculum's cap on the training chain (model.gen_attack.max_steps)
+#   GEN_MAX_STEPS=20        the curriculum's cap on the training chain (callbacks.curriculum.max_steps)
 #   OUT=outputs/reproduce   stage1/ and stage2/ run directories, eval_stage1/, eval_best-fid/, table.md
 #   AA_N=500                AutoAttack examples (the first N of the test split; 1000 adds ~8 min)
 #   AA_ATTACKS=[apgd-ce,apgd-t]  custom attack list, or AA_ATTACKS=standard for the full ensemble
@@ -59,7 +59,7 @@ STAGE1_CMD=("$PY" -m dat_lightning.train "hydra.run.dir=$OUT/stage1" "stage1_epo
             "stage2_epochs=0" "trainer.check_val_every_n_epoch=3" "callbacks.sample_grid.every_n_epochs=3"
             "summary.enabled=false" "$@")
 STAGE2_CMD=("$PY" -m dat_lightning.train "hydra.run.dir=$OUT/stage2" "stage1_epochs=0"
-            "stage2_epochs=$STAGE2_EPOCHS" "init_ckpt=$STAGE1_CKPT" "model.gen_attack.max_steps=$GEN_MAX_STEPS"
+            "stage2_epochs=$STAGE2_EPOCHS" "init_ckpt=$STAGE1_CKPT" "callbacks.curriculum.max_steps=$GEN_MAX_STEPS"
             "summary.enabled=false" "$@")
 # Run a command, then write its wall time into the run directory $1.
 timed() {
@@ -99,7 +99,7 @@ import sys
 from hydra import compose, initialize_config_dir
 
 from dat_lightning.config import CONFIG_DIR
-from dat_lightning.evaluate import Evaluation
+from dat_lightning.evaluation import Evaluation
 
 with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
     Evaluation(compose("evaluate", overrides=sys.argv[1:])).real_features()

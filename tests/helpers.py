@@ -16,28 +16,9 @@ from dat_lightning.config import CONFIG_DIR, register_resolvers
 
 register_resolvers()
 
-# A run small enough for a CPU test: a few steps of the tiny WRN on Fashion-MNIST with every
-# callback of the default config, each shrunk (FID on 20 samples, one sample per class in grids).
-TINY_FMNIST = (
-    "data.batch_size=16",
-    "data.num_workers=0",
-    "data.val_size=32",
-    "trainer.limit_train_batches=3",
-    "trainer.limit_val_batches=1",
-    "trainer.log_every_n_steps=1",
-    "++trainer.enable_progress_bar=false",
-    "++trainer.enable_model_summary=false",
-    "model.clf_attack.steps=1",
-    "model.val_attack.steps=1",
-    "model.gen_attack.max_steps=2",
-    "model.gen_attack.start_steps=1",
-    "sampling.steps=1",
-    "callbacks.sample_grid.per_class=1",
-    "callbacks.fid.num_samples=20",
-    "callbacks.fid.num_real=100",
-    "++callbacks.fid.batch_size=50",
-    "summary.enabled=false",
-)
+# A run small enough for a CPU test: the shipped debug=tiny config (a few steps of the tiny WRN on
+# Fashion-MNIST with every callback of the default config, each shrunk).
+TINY_FMNIST = ("debug=tiny",)
 # Append to drop the FID machinery (extractor, real statistics, best-FID checkpoint) from a run.
 NO_FID = ("callbacks.fid=null",)
 
@@ -122,7 +103,7 @@ def fit_tiny(tmp_path: Path, overrides: Sequence[str] = (), callbacks: Sequence 
 
     Returns ``(cfg, datamodule, module, trainer)``.
     """
-    from dat_lightning.train import build
+    from dat_lightning.cli.train import build
 
     cfg = compose_config(tmp_path, overrides)
     datamodule, module, trainer = build(cfg)
@@ -211,7 +192,7 @@ def two_stage_run(tmp_path_factory):
 def train_tiny_checkpoints(tmp_path: Path) -> Path:
     """Train the tiny default run (one epoch per stage) with ``train.run``; returns its output dir,
     holding ``checkpoints/stage1.ckpt`` and ``checkpoints/last.ckpt`` (for evaluation tests)."""
-    from dat_lightning.train import run
+    from dat_lightning.cli.train import run
 
     run(compose_config(tmp_path, ["stage1_epochs=1", "stage2_epochs=1", *NO_FID]))
     return tmp_path

@@ -13,6 +13,7 @@ from dat_lightning.batchnorm import eval_mode
 from dat_lightning.callbacks import GenStepCurriculum, WarmupEMA
 from dat_lightning.callbacks.ema import evaluation_net, warmup_ema_decay
 from dat_lightning.checkpoints import read_checkpoint
+from dat_lightning.checkpoints.loading import chain_length
 from dat_lightning.models import build_classifier
 from dat_lightning.sampling import pgd_sample
 from helpers import NO_FID, Recorder, compose_config, fit_tiny, same_tensors, two_stage_run
@@ -128,7 +129,7 @@ def test_fid_logs_the_mean_energy_of_the_samples_it_scores(two_stage):
 
 
 def expected_ema(raw_steps: list[dict]) -> dict:
-    """SPEC EMA by hand: the first update copies, update n >= 1 uses decay min(.999, (1+n)/(10+n))."""
+    """The authors' EMA by hand: the first update copies, update n >= 1 uses decay min(.999, (1+n)/(10+n))."""
     avg = {k: v.clone() for k, v in raw_steps[0].items()}
     for n, raw in enumerate(raw_steps[1:], start=1):
         d = warmup_ema_decay(n)
@@ -174,7 +175,7 @@ def test_ema_without_restart_averages_through_both_stages(tmp_path):
 
 def test_evaluation_net_without_ema_is_the_module_net(tmp_path):
     cfg = compose_config(tmp_path, ["callbacks.ema=null"])
-    from dat_lightning.train import build
+    from dat_lightning.cli.train import build
 
     _, module, trainer = build(cfg)
     assert not any(isinstance(cb, WarmupEMA) for cb in trainer.callbacks)
@@ -208,11 +209,16 @@ def test_batchnorm_stays_frozen_after_a_mid_epoch_resume(tmp_path, fresh_init):
 
 
 # ---------------------------------------------------------------------------- curriculum
+def staged_stand_in(gen_steps=None) -> SimpleNamespace:
+    """What the curriculum reads from and writes to a module (the StagedModule protocol)."""
+    return SimpleNamespace(device=torch.device("cpu"), gen_steps=gen_steps, net=None, stage=2, stage2_start_epoch=0)
+
+
 def drive(callback: GenStepCurriculum, aucs, batch_size: int, pl_module=None):
     """Feed ``on_train_batch_end`` fake step outputs with the given AUCs; returns T after each."""
     trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False)
-    pl_module = pl_module or SimpleNamespace(device=torch.device("cpu"), gen_steps=None)
+    pl_module = pl_module or staged_stand_in()
     batch = {"gen": (torch.zeros(batch_size, 1, 2, 2), torch.zeros(batch_size, dtype=torch.long))}
     trace = []
     for auc in aucs:
@@ -259,7 +265,7 @@ def test_curriculum_state_round_trip_and_gen_steps_follow_it():
     restored.load_state_dict(state)
     assert restored.state.steps == 1
     assert restored.state.window == pytest.approx((0.1, 0.95))
-    module = SimpleNamespace(device=torch.device("cpu"), gen_steps=0)
+    module = staged_stand_in(gen_steps=0)
     restored.on_train_start(None, module)
     assert module.gen_steps == 1
     # One more good batch completes the restored window (0.1, 0.95, 0.99): mean 0.68, no step;
@@ -271,16 +277,16 @@ def test_curriculum_state_round_trip_and_gen_steps_follow_it():
 
 def test_curriculum_state_survives_a_checkpoint_resume(tmp_path, fresh_init):
     # Threshold 0: every full window (2 batches of 16 for 32 images) adds a chain step.
-    overrides = ["stage1_epochs=0", f"init_ckpt={fresh_init}", "model.gen_attack.start_steps=0",
-                 "model.gen_attack.max_steps=5", "model.gen_attack.auc_threshold=0.0",
-                 "model.gen_attack.min_imgs_per_threshold=32", "callbacks.sample_grid=null", *NO_FID]
+    overrides = ["stage1_epochs=0", f"init_ckpt={fresh_init}", "callbacks.curriculum.start_steps=0",
+                 "callbacks.curriculum.max_steps=5", "callbacks.curriculum.auc_threshold=0.0",
+                 "callbacks.curriculum.min_imgs_per_threshold=32", "callbacks.sample_grid=null", *NO_FID]
     first = Recorder()
     fit_tiny(tmp_path / "first", [*overrides, "stage2_epochs=1"], callbacks=[first])
     assert [e["gen_steps"] for e in first.where(hook="batch_end")] == [0, 1, 1]
     ckpt_file = tmp_path / "first" / "checkpoints" / "last.ckpt"
     ckpt = read_checkpoint(ckpt_file)
     (state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("GenStepCurriculum")]
-    assert state["steps"] == 1 and ckpt["dat_gen_steps"] == 1
+    assert state["steps"] == 1 and chain_length(ckpt) == 1  # what reports read as the checkpoint's T
     assert state["window"].tolist() == pytest.approx([first.where(hook="batch_end")[-1]["auc"]])
 
     resumed = Recorder()

@@ -25,9 +25,9 @@ from torch import nn
 
 import dat_lightning
 from dat_lightning.checkpoints import CheckpointError, load_matching, read_checkpoint
-from dat_lightning.reliability import checkpoint_io
-from dat_lightning.reliability.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
-from dat_lightning.train import build, run
+from dat_lightning.checkpoints import writing as checkpoint_io
+from dat_lightning.checkpoints.writing import AtomicCheckpointIO, atomic_torch_save
+from dat_lightning.cli.train import build, run
 from helpers import NO_FID, compose_config
 
 PACKAGE = Path(dat_lightning.__file__).parent

@@ -38,10 +38,27 @@ def test_cli_named_experiment_fast_dev_run(tmp_path):
 
 def test_cli_multirun_over_chain_steps(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    assert_ok(train(tmp_path, "-m", "model.gen_attack.max_steps=1,2", "trainer.fast_dev_run=true",
+    assert_ok(train(tmp_path, "-m", "callbacks.curriculum.max_steps=1,2", "trainer.fast_dev_run=true",
                     f"hydra.sweep.dir={sweep_dir}", timeout=300))
     jobs = sorted(p.parent.parent for p in sweep_dir.glob("*/.hydra/config.yaml"))
     assert len(jobs) == 2
-    assert sorted(job_config(j).model.gen_attack.max_steps for j in jobs) == [1, 2]
+    assert sorted(job_config(j).callbacks.curriculum.max_steps for j in jobs) == [1, 2]
     # Each job wrote into its own directory (paths.output_dir is the job's directory).
     assert all((j / "samples" / "final.png").is_file() for j in jobs)
+
+
+def test_user_configs_join_the_search_path(tmp_path):
+    """A user's own config folder, by --config-dir or hydra.searchpath: its experiment composes,
+    and the early override check sees it too (a typo lists it among the choices)."""
+    folder = tmp_path / "my_configs"
+    (folder / "experiment").mkdir(parents=True)
+    (folder / "experiment" / "mine.yaml").write_text("# @package _global_\ntask_name: mine\nstage2_epochs: 3\n")
+    run_dir = tmp_path / "run"
+    assert_ok(train(tmp_path, "--config-dir", str(folder), "+experiment=mine", "trainer.fast_dev_run=true",
+                    f"hydra.run.dir={run_dir}"))
+    assert job_config(run_dir).task_name == "mine"
+    shown = train(tmp_path, f"hydra.searchpath=[file://{folder}]", "+experiment=mine", "--cfg", "job")
+    assert_ok(shown)
+    assert "task_name: mine" in shown.stdout and "stage2_epochs: 3" in shown.stdout
+    typo = train(tmp_path, "--config-dir", str(folder), "+experiment=mien")
+    assert typo.returncode == 1 and "Traceback" not in typo.stderr and "mine" in typo.stderr, typo.stderr[-2000:]

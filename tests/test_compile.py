@@ -15,8 +15,8 @@ from lightning.pytorch import Callback
 from torch._dynamo.utils import counters
 
 from dat_lightning.callbacks.ema import evaluation_net
+from dat_lightning.cli.train import build
 from dat_lightning.models import build_classifier
-from dat_lightning.train import build
 from helpers import NO_FID, compose_config, save_fresh_state
 
 
@@ -41,7 +41,7 @@ def compiled_run(tmp_path, backend: str, stage1_epochs: int):
     cfg = compose_config(tmp_path, [
         "model.compile=true", f"+model.compile_kwargs.backend={backend}", *init,
         f"stage1_epochs={stage1_epochs}", "stage2_epochs=2", "trainer.limit_train_batches=3",
-        "model.gen_attack.start_steps=0", "model.gen_attack.max_steps=5",
+        "callbacks.curriculum.start_steps=0", "callbacks.curriculum.max_steps=5",
         "callbacks.curriculum.auc_threshold=0.0", "callbacks.curriculum.min_imgs_per_threshold=1",
         "callbacks.sample_grid=null", *NO_FID,
     ])

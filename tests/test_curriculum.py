@@ -50,3 +50,13 @@ def test_state_is_not_mutated():
     s = CurriculumState(0, (0.9,))
     update(s, 0.9, window=2, auc_threshold=0.5, max_steps=3)
     assert s == CurriculumState(0, (0.9,))
+
+
+def test_an_exact_tie_at_the_threshold_grows_the_chain_as_numpy_mean_does():
+    """Eight AUCs of 0.8 have the mean 0.8 (numpy's mean, as the authors compute it); summed in
+    order and divided they give 0.7999999999999999, which would delay T by one window."""
+    state = CurriculumState(steps=0)
+    for k in range(8):
+        state = update(state, 0.8, window=8, auc_threshold=0.8, max_steps=5)
+        assert state.steps == (1 if k == 7 else 0)
+    assert sum([0.8] * 8) / 8 < 0.8  # the tie really is one that plain division misses

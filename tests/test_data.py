@@ -15,11 +15,13 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import Dataset
 
+from dat_lightning.config import CONFIG_DIR
 from dat_lightning.data import (
     CorruptImageError,
     DatasetNotFoundError,
@@ -41,7 +43,7 @@ from dat_lightning.data.datasets import (
     RESTRICTED_IMAGENET_CLASSES,
     RESTRICTED_IMAGENET_RANGES,
 )
-from dat_lightning.data.ood import SKIMAGE_PHOTOS
+from dat_lightning.data.generated import SKIMAGE_PHOTOS
 
 REPO = Path(__file__).resolve().parents[1]
 HAVE_FMNIST = (Path(FASHION_MNIST_DEBIAN_ROOT) / "train-images-idx3-ubyte.gz").is_file()
@@ -606,11 +608,10 @@ def data_root(tmp_path, monkeypatch, cifar_root, imagenet_root) -> Path:
     + ([("fmnist", 10, 1, 28)] if HAVE_FMNIST else []),
 )
 def test_configs_instantiate_and_yield_batches(data_root, name, classes, channels, size):
-    # composed as Hydra does: the data group under `data`, next to the run's top-level `seed`
-    cfg = OmegaConf.create(
-        {"seed": 7, "data": OmegaConf.load(REPO / "conf" / "data" / f"{name}.yaml")}
-    )
-    cfg.data.batch_size, cfg.data.num_workers = 2, 0  # fixtures are tiny; stay in-process
+    # composed as the CLI does: the data group (with its base) under `data`, next to the top-level `seed`
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"data={name}", "seed=7", "data.batch_size=2", "data.num_workers=0"])
     dm = instantiate(cfg.data)
     assert isinstance(dm, DATDataModule) and dm.name == name and dm.seed == 7
     assert (dm.num_classes, dm.channels, dm.image_size) == (classes, channels, size)

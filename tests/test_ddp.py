@@ -61,13 +61,13 @@ def _worker_main(out_dir: Path, mode: str) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from dat_lightning.callbacks.ema import evaluation_net
-    from dat_lightning.train import build
+    from dat_lightning.cli.train import build
     from helpers import NO_FID, compose_config
 
     overrides = [
         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.limit_train_batches=3",
-        "stage1_epochs=1", "stage2_epochs=1", "model.clf_attack.steps=2", "model.gen_attack.start_steps=0",
-        "model.gen_attack.max_steps=5", "callbacks.curriculum.auc_threshold=0.0",
+        "stage1_epochs=1", "stage2_epochs=1", "model.clf_attack.steps=2", "callbacks.curriculum.start_steps=0",
+        "callbacks.curriculum.max_steps=5", "callbacks.curriculum.auc_threshold=0.0",
         # global batch 2 x 16 = 32: the window holds 2 reduced AUCs, then T grows
         "callbacks.curriculum.min_imgs_per_threshold=64",
     ]

@@ -21,8 +21,8 @@ import torch
 from lightning.pytorch import Callback
 
 from dat_lightning.callbacks import GenStepCurriculum, WarmupEMA
-from dat_lightning.reliability.divergence import DivergenceError, is_finite_step
-from dat_lightning.train import build
+from dat_lightning.cli.train import build
+from dat_lightning.divergence import DivergenceError, is_finite_step
 from helpers import NO_FID, compose_config
 
 RUN = (*NO_FID, "callbacks.sample_grid=null", "stage1_epochs=1", "stage2_epochs=1",

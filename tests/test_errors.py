@@ -29,12 +29,12 @@ import torch
 from PIL import Image
 
 from dat_lightning.cli.errors import clear_errors
+from dat_lightning.cli.train import build
 from dat_lightning.data import DATDataModule, image_folder
 from dat_lightning.data.datasets import CorruptImageError
-from dat_lightning.data.ood import UniformNoise
+from dat_lightning.data.generated import UniformNoise
 from dat_lightning.data.transforms import to_tensor
-from dat_lightning.reliability.divergence import DivergenceError
-from dat_lightning.train import build
+from dat_lightning.divergence import DivergenceError
 from helpers import NO_FID, cli_env, compose_config, run_cli
 
 # A run that fails fast when the error is not caught before training (no FID, tiny data).

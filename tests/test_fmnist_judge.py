@@ -12,10 +12,10 @@ from dat_lightning.metrics.extractors import build_extractor
 from dat_lightning.metrics.fmnist_judge import (
     FashionMNISTCNN,
     FashionMNISTJudgeFeatures,
-    main,
     train_judge,
 )
 from dat_lightning.metrics.quality import check_extractor
+from helpers import run_cli
 
 
 def bright_half(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +43,9 @@ def test_the_recipe_refuses_images_of_another_shape():
 
 
 def test_trained_weights_load_into_the_extractor_with_their_fingerprint(tmp_path):
-    weights = main(["--out", str(tmp_path / "judge.pt"), "--epochs", "1", "--limit", "256"])
+    weights = tmp_path / "judge.pt"  # the CLI, as a user makes the judge
+    made = run_cli([f"out={weights}", "epochs=1", "limit=256"], cwd=tmp_path, module="dat_lightning.judge")
+    assert made.returncode == 0 and "Fashion-MNIST judge: test accuracy" in made.stdout, made.stderr[-3000:]
     ext = build_extractor("fmnist_cnn", weights_path=weights)
     assert ext.name == f"fmnist_cnn_{hashlib.sha256(weights.read_bytes()).hexdigest()[:8]}"
     check_extractor(ext, inception_score=True)
@@ -69,7 +71,7 @@ def test_trained_weights_load_into_the_extractor_with_their_fingerprint(tmp_path
 
 
 def test_missing_weights_say_how_to_make_them(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m dat_lightning.metrics.fmnist_judge"):
+    with pytest.raises(FileNotFoundError, match="python -m dat_lightning.judge"):
         FashionMNISTJudgeFeatures(tmp_path / "absent.pt")
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from dat_lightning.attacks import pgd_attack
+from dat_lightning.attacks import PGDSettings, pgd_attack
 from dat_lightning.batchnorm import freeze_batchnorm
 from dat_lightning.fused import (
     batch_coupling_layers,
@@ -19,20 +19,14 @@ from dat_lightning.fused import (
 )
 from dat_lightning.models import build_classifier
 from dat_lightning.module import DATModule
-from dat_lightning.sampling import pgd_sample
+from dat_lightning.sampling import ChainSettings, pgd_sample
 
 B = 4
 
 
-# A two-stage-wide ConvNeXt + ConvStem: LayerNorm everywhere, small enough for float64 on a CPU.
-MINI_CONVNEXT = {"depths": (1, 1, 1, 1), "dims": (16, 32, 64, 128), "stem_widths": (8, 12, 16)}
-
-
 def tiny_net(name: str = "wrn10_1", seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    kwargs = MINI_CONVNEXT if "convnext" in name else {}
-    net = build_classifier(name, num_classes=5, in_chans=3, mean=[0.5] * 3, std=[0.25] * 3,
-                           **kwargs).double()
+    net = build_classifier(name, num_classes=5, in_chans=3, mean=[0.5] * 3, std=[0.25] * 3).double()
     freeze_batchnorm(net)  # stage two: BatchNorm frozen, the rest in train mode
     return net
 
@@ -63,19 +57,19 @@ ATTACK = {"norm": "l2", "eps": 0.5, "step_size": 0.2, "steps": 3, "random_init":
     ("name", "attack_steps", "chain_steps", "conditional", "norm"),
     [("wrn10_1", 3, 5, True, "l2"), ("wrn10_1", 4, 2, True, "linf"), ("wrn10_1", 3, 3, False, "l2"),
      ("wrn10_1", 0, 2, True, "l2"), ("wrn10_1", 2, 0, True, "l2"),
-     ("convnext_tiny_convstem", 2, 3, True, "l2")],
+     ("test_convnext_convstem", 2, 3, True, "l2")],
 )
 def test_fused_loops_equal_separate_loops(name, attack_steps, chain_steps, conditional, norm):
     net = tiny_net(name)
     x, y, _, y_hat, x0 = batches(size=32 if "convnext" in name else 16)
-    attack = dict(ATTACK, steps=attack_steps, norm=norm, eps=0.5 if norm == "l2" else 0.03,
-                  step_size=0.2 if norm == "l2" else 0.01)
+    attack = PGDSettings(**dict(ATTACK, steps=attack_steps, norm=norm, eps=0.5 if norm == "l2" else 0.03,
+                                step_size=0.2 if norm == "l2" else 0.01))
     target = y_hat if conditional else None
-    x_adv_ref = pgd_attack(net, x, y, **attack)
+    x_adv_ref = pgd_attack(net, x, y, attack)
     x_gen_ref = pgd_sample(net, x0, target, step_size=0.3, steps=chain_steps)
     counter = CallCounter(net)
     x_adv, x_gen = fused_attack_and_chain(counter, x, y, x0, target, attack=attack,
-                                          chain_step_size=0.3, chain_steps=chain_steps)
+                                          chain=ChainSettings(0.3), chain_steps=chain_steps)
     assert torch.allclose(x_adv, x_adv_ref) and torch.allclose(x_gen, x_gen_ref)
     # the loops really moved the images (the comparison is not between two copies of the input)
     assert (attack_steps == 0) == torch.equal(x_adv, x) and (chain_steps == 0) == torch.equal(x_gen, x0)
@@ -87,9 +81,9 @@ def test_fused_loops_equal_separate_loops(name, attack_steps, chain_steps, condi
 def test_fused_random_start_matches_pgd_attack():
     net = tiny_net()
     x, y, _, y_hat, x0 = batches()
-    attack = dict(ATTACK, random_init=True)
-    ref = pgd_attack(net, x, y, **attack, generator=torch.Generator().manual_seed(3))
-    got, _ = fused_attack_and_chain(net, x, y, x0, y_hat, attack=attack, chain_step_size=0.3,
+    attack = PGDSettings(**dict(ATTACK, random_init=True))
+    ref = pgd_attack(net, x, y, attack, generator=torch.Generator().manual_seed(3))
+    got, _ = fused_attack_and_chain(net, x, y, x0, y_hat, attack=attack, chain=ChainSettings(0.3),
                                     chain_steps=2, generator=torch.Generator().manual_seed(3))
     assert torch.allclose(got, ref)
 
@@ -104,7 +98,7 @@ def test_fused_logits_equal_separate_forwards():
 def make_module(net: nn.Module, fused: bool, **kwargs) -> DATModule:
     return DATModule(
         net, clf_attack=ATTACK,
-        gen_attack={"step_size": 0.3, "start_steps": 0, "max_steps": 10, "conditional": True},
+        gen_attack={"step_size": 0.3, "conditional": True},
         optimizer_stage1=functools.partial(torch.optim.SGD, lr=0.1),
         optimizer_stage2=functools.partial(torch.optim.SGD, lr=0.1),
         stage2_start_epoch=1, fused=fused, **kwargs,
@@ -113,7 +107,8 @@ def make_module(net: nn.Module, fused: bool, **kwargs) -> DATModule:
 
 def loss_and_grads(module: DATModule, data) -> tuple[torch.Tensor, dict, dict[str, torch.Tensor]]:
     module.net.zero_grad(set_to_none=True)
-    loss, stats = module.stage_two_loss(*data)
+    loss, stats = module.objective.stage_two(module.net, *data, chain_steps=module.gen_steps,
+                                             fused=module.use_fused())
     loss.backward()
     return loss.detach(), stats, {n: p.grad.clone() for n, p in module.net.named_parameters()}
 

@@ -9,8 +9,8 @@ from hydra.core.global_hydra import GlobalHydra
 
 import dat_lightning
 from dat_lightning.checkpoints import CheckpointError, read_checkpoint
+from dat_lightning.checkpoints.loading import load_run
 from dat_lightning.config import CONFIG_DIR
-from dat_lightning.loading import load_run
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """``trainer.precision=bf16-mixed``: the network runs in bf16, everything DAT computes on top of it
-(images, PGD updates, energies, logsumexp, BCE) stays float32 (SPEC "Energies")."""
+(images, PGD updates, energies, logsumexp, BCE) stays float32 (docs/algorithm.md, "A classifier is an energy-based model")."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import math
 
 import torch
 
-from dat_lightning.attacks import input_gradient, pgd_attack
+from dat_lightning.attacks import PGDSettings, input_gradient, pgd_attack
 from dat_lightning.batchnorm import freeze_batchnorm
+from dat_lightning.cli.train import build
 from dat_lightning.fused import fused_attack_and_chain
 from dat_lightning.models import build_classifier
 from dat_lightning.module import DATModule
-from dat_lightning.sampling import pgd_sample
-from dat_lightning.train import build
+from dat_lightning.sampling import ChainSettings, pgd_sample
 from helpers import NO_FID, compose_config
 
 ATTACK = {"norm": "l2", "eps": 1.0, "step_size": 0.4, "steps": 2, "random_init": False}
@@ -30,7 +30,7 @@ def setup_module(fused: bool) -> tuple[DATModule, tuple[torch.Tensor, ...]]:
     net = build_classifier("wrn10_1", num_classes=10, in_chans=1, mean=[0.5], std=[0.25])
     freeze_batchnorm(net)
     sgd = functools.partial(torch.optim.SGD, lr=0.1)
-    module = DATModule(net, clf_attack=ATTACK, gen_attack={"step_size": 0.2, "start_steps": 0, "max_steps": 5},
+    module = DATModule(net, clf_attack=ATTACK, gen_attack={"step_size": 0.2},
                        optimizer_stage1=sgd, optimizer_stage2=sgd, stage2_start_epoch=1, fused=fused)
     module.gen_steps = 3
     g = torch.Generator().manual_seed(1)
@@ -47,8 +47,9 @@ def test_inner_loops_keep_float32_images_under_autocast():
     with bf16():
         assert net(x).dtype == torch.bfloat16  # the network really runs in reduced precision
         assert input_gradient(lambda z: net(z).logsumexp(1), x).dtype == torch.float32
-        outputs = [pgd_attack(net, x, y, **ATTACK), pgd_sample(net, x0, y_hat, step_size=0.2, steps=2),
-                   *fused_attack_and_chain(net, x, y, x0, y_hat, attack=ATTACK, chain_step_size=0.2, chain_steps=2)]
+        attack = PGDSettings(**ATTACK)
+        outputs = [pgd_attack(net, x, y, attack), pgd_sample(net, x0, y_hat, step_size=0.2, steps=2),
+                   *fused_attack_and_chain(net, x, y, x0, y_hat, attack=attack, chain=ChainSettings(0.2), chain_steps=2)]
     assert all(t.dtype == torch.float32 for t in outputs)
     assert all(bool(((t >= 0) & (t <= 1)).all()) for t in outputs)
 
@@ -56,9 +57,12 @@ def test_inner_loops_keep_float32_images_under_autocast():
 def test_bf16_stage_two_close_to_fp32_and_every_parameter_gets_a_gradient():
     for fused in (True, False):
         module, data = setup_module(fused)
-        loss32, stats32 = module.stage_two_loss(*data)
+        def stage_two(m=module, fused=fused, data=data):
+            return m.objective.stage_two(m.net, *data, chain_steps=m.gen_steps, fused=fused)
+
+        loss32, stats32 = stage_two()
         with bf16():
-            loss16, stats16 = module.stage_two_loss(*data)
+            loss16, stats16 = stage_two()
         assert loss16.dtype == torch.float32
         loss16_value, loss32_value = float(loss16.detach()), float(loss32.detach())
         for key in ("loss_ce", "loss_bce", "energy_real", "energy_fake", "joint_energy_real", "joint_energy_fake"):

@@ -32,7 +32,8 @@ from pathlib import Path
 import pytest
 
 from dat_lightning.checkpoints import CheckpointError, read_checkpoint
-from dat_lightning.reliability.preemption import MAX_RUN_DIR_NAME, resolve_ckpt_path, run_dir_name
+from dat_lightning.cli.run_directory import resolve_ckpt_path
+from dat_lightning.config import MAX_RUN_DIR_NAME, run_dir_name
 from helpers import NO_FID, TINY_FMNIST, cli_env, run_cli
 
 STEPS_PER_EPOCH = 4

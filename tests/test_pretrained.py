@@ -8,19 +8,23 @@ import pytest
 import torch
 
 from dat_lightning.checkpoints import CheckpointError, load_matching, read_checkpoint
+from dat_lightning.checkpoints.foreign import convert, detect_format
+from dat_lightning.checkpoints.formats import RATIO_CIFAR_MEAN, RATIO_CIFAR_STD
 from dat_lightning.models import build_classifier
 from dat_lightning.module import DATModule
-from dat_lightning.pretrained import detect_format, load_robust
-from dat_lightning.pretrained.formats import RATIO_CIFAR_MEAN, RATIO_CIFAR_STD
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2471, 0.2435, 0.2616]
-MINI_CONVNEXT = {"depths": (1, 1, 1, 1), "dims": (16, 32, 64, 128), "stem_widths": (8, 12, 16)}
 
 
 def classifier(name: str, mean=CIFAR_MEAN, std=CIFAR_STD, seed: int = 0, **kwargs):
     torch.manual_seed(seed)
     return build_classifier(name, num_classes=10, in_chans=3, mean=mean, std=std, **kwargs)
+
+
+def load_robust(kind: str, path, net=None, ema: bool = True) -> dict[str, torch.Tensor]:
+    """The state dict the loading route (read weights-only, convert) makes of ``path``."""
+    return convert(read_checkpoint(path), kind, str(path), net=net, ema=ema)
 
 
 def backbone_state(net) -> dict[str, torch.Tensor]:
@@ -129,9 +133,9 @@ def revisiting_state(net, prefix: str) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("kind", ["revisiting_at", "auto"])
 def test_revisiting_at_convnext_convstem(tmp_path, kind):
-    raw = classifier("convnext_tiny_convstem", IMAGENET_MEAN, IMAGENET_STD, seed=1, **MINI_CONVNEXT)
-    ema = classifier("convnext_tiny_convstem", IMAGENET_MEAN, IMAGENET_STD, seed=2, **MINI_CONVNEXT)
-    fresh = classifier("convnext_tiny_convstem", IMAGENET_MEAN, IMAGENET_STD, **MINI_CONVNEXT)
+    raw = classifier("test_convnext_convstem", IMAGENET_MEAN, IMAGENET_STD, seed=1)
+    ema = classifier("test_convnext_convstem", IMAGENET_MEAN, IMAGENET_STD, seed=2)
+    fresh = classifier("test_convnext_convstem", IMAGENET_MEAN, IMAGENET_STD)
     # weights_N.pt: DDP(WrappedModel(normalize_model(convnext))).state_dict()
     weights = save(tmp_path, "weights_20.pt", revisiting_state(raw, "module.base_model."))
     assert_loads_into(load_robust(kind, weights, net=fresh), fresh, raw)
@@ -178,7 +182,7 @@ def test_module_init_ckpt_accepts_public_formats(tmp_path):
     module = DATModule(
         classifier("resnet18", IMAGENET_MEAN, IMAGENET_STD),
         clf_attack={"norm": "l2", "eps": 3.0, "step_size": 2.0, "steps": 1},
-        gen_attack={"step_size": 2.0, "start_steps": 0, "max_steps": 2},
+        gen_attack={"step_size": 2.0},
         optimizer_stage1=sgd, optimizer_stage2=sgd, stage2_start_epoch=0,
         init_ckpt=str(path), init_ckpt_format="madrylab",
     )

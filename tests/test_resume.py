@@ -24,11 +24,10 @@ from lightning.pytorch import Callback
 
 from dat_lightning.batchnorm import has_training_batchnorm
 from dat_lightning.callbacks import GenStepCurriculum, WarmupEMA
+from dat_lightning.callbacks.preemption import Preempted
 from dat_lightning.checkpoints import read_checkpoint
-from dat_lightning.data.datamodule import SeededRandomSampler
-from dat_lightning.reliability.preemption import Preempted
-from dat_lightning.reliability.resumable_data import resume_point
-from dat_lightning.train import build
+from dat_lightning.cli.train import build
+from dat_lightning.data.order import SeededRandomSampler, resume_point
 from helpers import NO_FID, compose_config
 
 STEPS_PER_EPOCH = 4
@@ -42,9 +41,9 @@ RUN = (
     "data.num_workers=1",  # augmentation in worker processes, whose RNG a resumed run does not share
     "model.clf_attack.random_init=true",  # draws from the global RNG every step
     # T grows when a 3-batch AUC window is full: the window is half full at the interruption.
-    "model.gen_attack.auc_threshold=0.0",
-    "model.gen_attack.min_imgs_per_threshold=48",
-    "model.gen_attack.max_steps=3",
+    "callbacks.curriculum.auc_threshold=0.0",
+    "callbacks.curriculum.min_imgs_per_threshold=48",
+    "callbacks.curriculum.max_steps=3",
 )
 
 
@@ -172,7 +171,7 @@ def test_resume_point_after_a_finished_epoch_is_the_next_epoch():
 def test_stage_one_checkpoint_does_not_depend_on_the_stage_two_length(tmp_path):
     """`make reproduce` trains stage one alone (stage2_epochs=0) and starts stage two from its
     checkpoint: that checkpoint must be the one a two-stage fit writes at the stage boundary."""
-    from dat_lightning.train import run
+    from dat_lightning.cli.train import run
 
     states = []
     for stage2_epochs in (0, 1):

@@ -23,7 +23,7 @@ import pytest
 from dat_lightning.checkpoints import CheckpointError
 from dat_lightning.cli import run_directory
 from dat_lightning.cli.config_checks import ConfigError
-from dat_lightning.train import run
+from dat_lightning.cli.train import run
 from helpers import NO_FID, compose_config, run_cli
 from test_preemption import COMMAND, READY, finish, start, wait_for_line
 
@@ -59,12 +59,12 @@ def test_resume_refuses_a_changed_config_and_force_resume_overrides(trained):
     run_dir, overrides = trained
     last = run_dir / "checkpoints" / "last.ckpt"
     written = last.stat().st_mtime_ns
-    changed = [*overrides, "stage2_epochs=1", "model.gen_attack.max_steps=3", "data.seed=5"]
+    changed = [*overrides, "stage2_epochs=1", "callbacks.curriculum.max_steps=3", "data.seed=5"]
     with pytest.raises(ConfigError) as refused:
         run(compose_config(run_dir, changed))
     message = str(refused.value)
     assert f"ckpt_path={last}: the config of this launch differs from the one it was saved with" in message
-    assert "data.seed: 0 -> 5" in message and "model.gen_attack.max_steps: 2 -> 3" in message
+    assert "data.seed: 0 -> 5" in message and "callbacks.curriculum.max_steps: 2 -> 3" in message
     assert "stage2_epochs" not in message.split("Settings that may change")[0]  # meant to change
     assert "force_resume=true" in message and last.stat().st_mtime_ns == written
     summary = run(compose_config(run_dir, [*changed, "force_resume=true"]))

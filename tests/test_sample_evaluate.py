@@ -17,9 +17,9 @@ from hydra import compose, initialize_config_dir
 import dat_lightning
 from dat_lightning.config import CONFIG_DIR
 from dat_lightning.data.datasets import fashion_mnist
-from dat_lightning.data.ood import UniformNoise
+from dat_lightning.data.generated import UniformNoise
 from dat_lightning.data.transforms import to_tensor
-from dat_lightning.report import flatten_numbers
+from dat_lightning.reporting import flatten_numbers
 
 
 def cli(module: str, *overrides: str) -> subprocess.CompletedProcess:
@@ -45,9 +45,10 @@ def ckpt(tiny_run_dir) -> Path:
 def test_sample_writes_grid_npz_pngs_and_settings(ckpt, tmp_path):
     out = tmp_path / "s"
     # T = 0 returns the seeds unchanged: the samples must be exactly the uniform-noise seeds.
-    cli("dat_lightning.sample", f"ckpt={ckpt}", "num_samples=20", "steps=0", "step_size=0.5", "seeds=uniform",
-        "save_png=true", "batch_size=8", f"hydra.run.dir={out}")
-    settings = json.loads((out / "settings.json").read_text())
+    cli("dat_lightning.sample", f"ckpt={ckpt}", "sampling.num_samples=20", "sampling.steps=0",
+        "sampling.step_size=0.5", "sampling.seeds=uniform", "save_png=true", "sampling.batch_size=8",
+        f"hydra.run.dir={out}")
+    settings = json.loads((out / "settings.json").read_text())["sampling"]
     assert (settings["steps"], settings["step_size"], settings["num_samples"], settings["conditional"]) == (0, 0.5, 20, True)
     data = np.load(out / "samples.npz")
     seeds = torch.stack([UniformNoise(channels=1, size=28, length=20)[i] for i in range(20)])
@@ -58,11 +59,11 @@ def test_sample_writes_grid_npz_pngs_and_settings(ckpt, tmp_path):
 
 
 def test_sample_sweep_reports_fid_against_steps(ckpt, tmp_path):
-    from dat_lightning.sample import run
+    from dat_lightning.cli.sample import run
 
     out = tmp_path / "sweep"  # in-process (the CLI wiring is covered above): composed as the CLI does
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("sample", overrides=[f"ckpt={ckpt}", "num_samples=20", "sweep=[0,2]", "fid.num_real=100",
+        cfg = compose("sample", overrides=[f"ckpt={ckpt}", "sampling.num_samples=20", "sweep=[0,2]", "fid.num_real=100",
                                            "fid.splits=2", f"paths.cache_dir={tmp_path}/cache",
                                            f"paths.output_dir={out}"])
     run(cfg)
@@ -115,22 +116,23 @@ def test_evaluate_writes_one_report_with_every_metric(ckpt, tmp_path):
 
 
 def test_unconditional_sampling_moves_the_seeds_and_stores_no_labels(ckpt, tmp_path):
-    from dat_lightning.sample import run
+    from dat_lightning.cli.sample import run
 
     out = tmp_path / "marginal"
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("sample", overrides=[f"ckpt={ckpt}", "num_samples=10", "steps=2", "step_size=0.5",
-                                           "conditional=false", "seeds=uniform", f"paths.output_dir={out}"])
+        cfg = compose("sample", overrides=[f"ckpt={ckpt}", "sampling.num_samples=10", "sampling.steps=2",
+                                           "sampling.step_size=0.5", "sampling.conditional=false",
+                                           "sampling.seeds=uniform", f"paths.output_dir={out}"])
     info = run(cfg)
     data = np.load(out / "samples.npz")
-    assert info["conditional"] is False and "labels" not in data and data["predicted"].shape == (10,)
+    assert info["sampling"]["conditional"] is False and "labels" not in data and data["predicted"].shape == (10,)
     seeds = torch.stack([UniformNoise(channels=1, size=28, length=10)[i] for i in range(10)])
     moved = (torch.from_numpy(data["images"]).float() / 255 - seeds).flatten(1).norm(dim=1)
     assert (moved > 0.1).all() and (moved <= 2 * 0.5 + 0.06).all()  # T steps of L2 length 0.5 (+ uint8 rounding)
 
 
 @pytest.mark.parametrize("module, extra, written", [
-    ("dat_lightning.sample", ["num_samples=10", "steps=1"], "settings.json"),
+    ("dat_lightning.sample", ["sampling.num_samples=10", "sampling.steps=1"], "settings.json"),
     ("dat_lightning.evaluate", ["metrics=[clean]", "test_size=16"], "report.json"),
 ])
 def test_wandb_without_credentials_logs_offline_and_keeps_the_results(module, extra, written, ckpt, tmp_path):

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 import dat_lightning
-from dat_lightning import evaluate, sample
 from dat_lightning.checkpoints import CheckpointError, read_checkpoint
+from dat_lightning.cli import evaluate, sample
 from dat_lightning.data.datasets import CorruptImageError, cifar10
 from helpers import NO_FID, cli_env, compose_config, fit_tiny, run_cli
 
@@ -56,7 +56,7 @@ def attack_node(name: str, marker: Path) -> dict:
         torch.save(_Payload(marker), evil)
         return {"_target_": "torch.load", "f": str(evil), "weights_only": False}
     if name == "own non-builder":  # this package's own code, but not a builder
-        return {"_target_": "dat_lightning.reliability.checkpoint_io.atomic_torch_save",
+        return {"_target_": "dat_lightning.checkpoints.writing.atomic_torch_save",
                 "obj": "pwned", "path": str(marker)}
     raise KeyError(name)
 
@@ -124,7 +124,7 @@ def test_network_arguments_that_would_read_or_fetch_weights_are_refused(clean_ck
 def test_sample_never_builds_a_stored_target(attack, place, clean_ckpt, tmp_path):
     marker = tmp_path / "PWNED"
     path = poisoned(clean_ckpt, tmp_path / "evil.ckpt", **{place: attack_node(attack, marker)})
-    cfg = compose_config(tmp_path / "out", [f"ckpt={path}", "num_samples=10", "seeds=ood"],
+    cfg = compose_config(tmp_path / "out", [f"ckpt={path}", "sampling.num_samples=10", "sampling.seeds=ood"],
                          config_name="sample")
     key = place.replace("__", ".") + (".net._target_" if place == "model__net" else "")
     _refused(lambda: sample.run(cfg), marker, "model.net._target_" if place == "model__net" else key)

@@ -1,4 +1,4 @@
-"""Projected gradient methods on images in [0, 1] (paper Eq. 10-11, SPEC "PGD details").
+"""Projected gradient methods on images in [0, 1] (paper Eq. 10-11; ``docs/algorithm.md``, "PGD").
 
 Every input gradient is taken with ``torch.autograd.grad(loss, x)``: parameter ``.grad``
 fields are never written, and each step starts from a detached tensor so no autograd
@@ -7,13 +7,16 @@ graph survives across steps (memory does not grow with the number of steps).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 NORMS = ("l2", "linf")
+T = TypeVar("T")
 _TINY = 1e-12
 
 
@@ -88,17 +91,58 @@ def check_positive(**values: float) -> None:
         raise ValueError(f"must be positive: {listing}")
 
 
+def from_config(cls: type[T], name: str, value: T | Mapping[str, Any]) -> T:
+    """A settings dataclass (:class:`PGDSettings`, ``ChainSettings``) from a config node, its
+    errors prefixed by the node's ``name`` (e.g. ``clf_attack: must be positive: eps=0``)."""
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls(**dict(value))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name}: {err}") from None
+
+
+@dataclass(frozen=True)
+class PGDSettings:
+    """One eps-ball attack (Eq. 10-11), checked once when it is made.
+
+    ``norm`` is ``"l2"`` or ``"linf"``; ``eps`` and ``step_size`` are in pixel units and must be
+    positive when ``steps`` > 0; ``steps`` = 0 leaves the input unchanged; ``random_init`` starts
+    from a uniform point of the ball.
+    """
+
+    norm: str
+    eps: float
+    step_size: float
+    steps: int
+    random_init: bool = False
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if isinstance(self.steps, bool) or int(self.steps) != self.steps or self.steps < 0:
+            raise ValueError(f"steps must be an integer >= 0, got {self.steps}")
+        if self.steps > 0:
+            check_positive(eps=self.eps, step_size=self.step_size)
+        for name, cast in (("eps", float), ("step_size", float), ("steps", int), ("random_init", bool)):
+            object.__setattr__(self, name, cast(getattr(self, name)))
+
+
+
+def _settings(settings: PGDSettings | None, fields: dict[str, Any]) -> PGDSettings:
+    if settings is not None and fields:
+        raise TypeError(f"give the attack as PGDSettings or as keywords, not both (got {sorted(fields)})")
+    return settings if settings is not None else PGDSettings(**fields)
+
+
 def pgd_attack(
     model: Callable[[Tensor], Tensor],
     x: Tensor,
     y: Tensor,
+    settings: PGDSettings | None = None,
     *,
-    norm: str,
-    eps: float,
-    step_size: float,
-    steps: int,
-    random_init: bool = False,
     generator: torch.Generator | None = None,
+    **fields: Any,
 ) -> Tensor:
     """Untargeted PGD maximizing cross-entropy inside an eps-ball (Eq. 10-11).
 
@@ -106,9 +150,9 @@ def pgd_attack(
         model: maps images in [0, 1] to logits.
         x: clean images in [0, 1], shape (B, C, H, W).
         y: true labels, shape (B,).
-        norm: ``"l2"`` or ``"linf"``; eps and step_size are in pixel units.
-        steps: number of step-then-project iterations; 0 returns ``x`` unchanged.
-        random_init: start from a uniform point of the ball instead of ``x``.
+        settings: the attack; or give its fields as keywords (``norm="l2", eps=0.5,
+            step_size=0.1, steps=10``), see :class:`PGDSettings`.
+        generator: RNG of the random start.
 
     Returns:
         Adversarial images in the eps-ball around ``x`` and in [0, 1], detached.
@@ -117,37 +161,29 @@ def pgd_attack(
     def objective(z: Tensor) -> Tensor:
         return F.cross_entropy(model(z).float(), y, reduction="sum")
 
-    return pgd_maximize(objective, x, norm=norm, eps=eps, step_size=step_size, steps=steps,
-                        random_init=random_init, generator=generator)
+    return pgd_maximize(objective, x, _settings(settings, fields), generator=generator)
 
 
 def pgd_maximize(
     objective: Callable[[Tensor], Tensor],
     x: Tensor,
+    settings: PGDSettings | None = None,
     *,
-    norm: str,
-    eps: float,
-    step_size: float,
-    steps: int,
-    random_init: bool = False,
     generator: torch.Generator | None = None,
+    **fields: Any,
 ) -> Tensor:
     """Projected gradient ascent of ``objective(x).sum()`` inside the eps-ball around ``x``.
 
-    The loop of every eps-ball attack (SPEC "PGD details": step, then project; 0 steps returns
-    ``x``): untargeted PGD on CE, targeted counterfactuals (ascend ``f(x)[y']``), adversarial OOD
-    (ascend a confidence score). ``objective`` maps a batch to per-sample values.
+    The loop of every eps-ball attack (paper Eq. 11: step, then project; 0 steps returns ``x``):
+    untargeted PGD on CE, targeted counterfactuals (ascend ``f(x)[y']``), adversarial OOD (ascend
+    a confidence score). ``objective`` maps a batch to per-sample values.
     """
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if steps == 0:
+    s = _settings(settings, fields)
+    if s.steps == 0:
         return x.detach()
-    check_positive(eps=eps, step_size=step_size)
     x_orig = x.detach()
-    x_adv = random_start(x_orig, eps, norm, generator) if random_init else x_orig
-    for _ in range(steps):
+    x_adv = random_start(x_orig, s.eps, s.norm, generator) if s.random_init else x_orig
+    for _ in range(s.steps):
         g = input_gradient(objective, x_adv)
-        x_adv = project(ascent_step(x_adv, g, step_size, norm), x_orig, eps, norm)
+        x_adv = project(ascent_step(x_adv, g, s.step_size, s.norm), x_orig, s.eps, s.norm)
     return x_adv.detach()

@@ -1,4 +1,4 @@
-"""BatchNorm handling for stage two (SPEC "Stage 2: joint training, BatchNorm frozen")."""
+"""BatchNorm handling for stage two (docs/algorithm.md, "Stage two")."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from torch import Tensor
 
 
 def joint_energy(logits: Tensor, y: Tensor) -> Tensor:
-    """Eq. 2: ``E(x, y) = -f(x)[y]``, one value per sample."""
+    """Eq. 1: ``E(x, y) = -f(x)[y]``, one value per sample."""
     return -logits.float().gather(1, y.long().view(-1, 1)).squeeze(1)
 
 

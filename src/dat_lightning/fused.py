@@ -1,7 +1,7 @@
 """Fused stage-two passes: the attack and the chain share one forward/backward per inner step.
 
 A stage-two step runs K discriminative PGD steps on the batch ``x`` and T chain steps on the seeds
-``x0`` (SPEC "Stage 2"), then three forwards (``x_adv``, ``x_hat``, ``x_T``) for the loss. When every
+``x0`` (``docs/algorithm.md``, "Stage two"), then three forwards (``x_adv``, ``x_hat``, ``x_T``) for the loss. When every
 layer treats samples independently (BatchNorm frozen in eval mode, LayerNorm, GroupNorm, ...), the
 input gradient of a sum of per-sample objectives over a concatenated batch is, sample by sample,
 the gradient each loop would have computed on its own. So both loops can run as one batch of up to
@@ -14,22 +14,14 @@ continues alone: their values stop changing exactly where the separate loop woul
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dat_lightning.attacks import (
-    NORMS,
-    ascent_step,
-    check_positive,
-    input_gradient,
-    project,
-    random_start,
-)
-from dat_lightning.energy import joint_energy, marginal_energy
+from dat_lightning.attacks import PGDSettings, ascent_step, input_gradient, project, random_start
+from dat_lightning.sampling import ChainSettings, chain_objective
 
 _STAT_BUFFERS = ("running_mean", "running_var")
 
@@ -58,11 +50,6 @@ def fusion_blocker(module: nn.Module) -> str | None:
     return f"layers that use batch statistics in training mode ({shown}) couple the samples of a batch"
 
 
-def _chain_objective(logits: Tensor, y: Tensor | None) -> Tensor:
-    """Per-sample ``-E(x, y)`` (Eq. 14) or ``-E(x)`` (Eq. 8): what the chain ascends."""
-    return -(joint_energy(logits, y) if y is not None else marginal_energy(logits))
-
-
 def fused_attack_and_chain(
     model: Callable[[Tensor], Tensor],
     x: Tensor,
@@ -70,12 +57,12 @@ def fused_attack_and_chain(
     x0: Tensor,
     y_chain: Tensor | None,
     *,
-    attack: Mapping[str, Any],
-    chain_step_size: float,
+    attack: PGDSettings,
+    chain: ChainSettings,
     chain_steps: int,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """``pgd_attack(model, x, y, **attack)`` and ``pgd_sample(model, x0, y_chain, ...)`` in one loop.
+    """``pgd_attack(model, x, y, attack)`` and ``pgd_sample(model, x0, y_chain, ...)`` in one loop.
 
     Each inner step evaluates ``model`` once on ``cat([x_adv, x_t])`` (only the loops still running)
     and takes one input gradient of ``CE_sum(adv part) + sum(-E(chain part))``; with a per-sample
@@ -85,25 +72,18 @@ def fused_attack_and_chain(
         model: maps images in [0, 1] to logits; must treat samples independently.
         x, y: the classification batch and its labels (the PGD attack of Eq. 10-11).
         x0, y_chain: chain seeds and target classes (None: the marginal chain of Eq. 8).
-        attack: ``norm, eps, step_size, steps[, random_init]`` as for :func:`pgd_attack`.
-        chain_step_size, chain_steps: eta and T of the chain (:func:`pgd_sample`).
+        attack: the PGD attack (:class:`~dat_lightning.attacks.PGDSettings`).
+        chain, chain_steps: eta (``chain.step_size``) and T of the chain (:func:`pgd_sample`).
         generator: RNG of the attack's random start (as in :func:`pgd_attack`).
 
     Returns:
         ``(x_adv, x_T)``, both detached.
     """
-    norm, eps, step_size = attack["norm"], attack["eps"], attack["step_size"]
-    steps = int(attack["steps"])
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if steps < 0 or chain_steps < 0:
-        raise ValueError(f"attack steps and chain steps must be >= 0, got {steps} and {chain_steps}")
-    if steps > 0:
-        check_positive(eps=eps, step_size=step_size)
-    if chain_steps > 0:
-        check_positive(chain_step_size=chain_step_size)
+    norm, eps, step_size, steps = attack.norm, attack.eps, attack.step_size, attack.steps
+    if chain_steps < 0:
+        raise ValueError(f"chain steps must be >= 0, got {chain_steps}")
     x_orig = x.detach()
-    x_adv = random_start(x_orig, eps, norm, generator) if steps > 0 and attack.get("random_init") else x_orig
+    x_adv = random_start(x_orig, eps, norm, generator) if steps > 0 and attack.random_init else x_orig
     x_gen = x0.detach()
     n_adv_total = len(x_adv)
     for i in range(max(steps, chain_steps)):
@@ -117,14 +97,14 @@ def fused_attack_and_chain(
             if n_adv:
                 total = total + F.cross_entropy(logits[:n_adv].float(), y, reduction="sum")
             if gen_on:
-                total = total + _chain_objective(logits[n_adv:], y_chain).sum()
+                total = total + chain_objective(logits[n_adv:], y_chain).sum()
             return total
 
         g = input_gradient(objective, batch)
         if adv_on:
             x_adv = project(ascent_step(x_adv, g[:n_adv], step_size, norm), x_orig, eps, norm)
         if gen_on:
-            x_gen = ascent_step(x_gen, g[n_adv:], chain_step_size, "l2").clamp(0.0, 1.0)
+            x_gen = ascent_step(x_gen, g[n_adv:], chain.step_size, "l2").clamp(0.0, 1.0)
     return x_adv.detach(), x_gen.detach()
 
 

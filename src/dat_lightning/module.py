@@ -1,8 +1,8 @@
 """DATModule: the LightningModule that orchestrates both stages of Dual Adversarial Training.
 
-The maths lives in pure functions (:mod:`attacks`, :mod:`sampling`, :mod:`losses`); this
-module only wires them to batches, optimizers and logs. Optimization is manual because one
-step runs inner loops (attack, chain) that must not touch parameter gradients.
+The maths lives in pure functions and one objective (:mod:`dat_lightning.losses`); this module
+only wires it to batches, optimizers, the divergence guard and logs. Optimization is manual
+because one step runs inner loops (attack, chain) that must not touch parameter gradients.
 """
 
 from __future__ import annotations
@@ -12,24 +12,20 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from dat_lightning.attacks import NORMS, check_positive, pgd_attack
+from dat_lightning.attacks import PGDSettings, from_config, pgd_attack
 from dat_lightning.batchnorm import broadcast_batchnorm_buffers, has_training_batchnorm
-from dat_lightning.checkpoints import check_fits, load_matching
-from dat_lightning.energy import joint_energy, marginal_energy
-from dat_lightning.fused import fused_attack_and_chain, fused_logits, fusion_blocker
-from dat_lightning.losses import bce_energy_loss, conditional_auc
-from dat_lightning.pretrained import load_robust
-from dat_lightning.reliability.divergence import (
-    DivergenceGuard,
-    restore_running_stats,
-    snapshot_running_stats,
-)
-from dat_lightning.sampling import pgd_sample
+from dat_lightning.checkpoints import check_fits
+from dat_lightning.checkpoints.loading import load_weights
+from dat_lightning.data.order import restore_training_rng, training_rng_state
+from dat_lightning.divergence import DivergenceGuard, restore_running_stats, snapshot_running_stats
+from dat_lightning.energy import marginal_energy
+from dat_lightning.fused import fusion_blocker
+from dat_lightning.losses import DATObjective
+from dat_lightning.sampling import ChainSettings
 
 log = logging.getLogger(__name__)
 
@@ -37,25 +33,16 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 
-def validate_attack(name: str, attack: Mapping[str, Any]) -> dict[str, Any]:
-    """Check an attack config early so a typo fails at start-up, not mid-epoch."""
-    attack = dict(attack)
-    if attack.get("norm") not in NORMS:
-        raise ValueError(f"{name}.norm must be one of {NORMS}, got {attack.get('norm')!r}")
-    check_positive(**{f"{name}.eps": attack["eps"], f"{name}.step_size": attack["step_size"]})
-    if int(attack["steps"]) < 0:
-        raise ValueError(f"{name}.steps must be >= 0, got {attack['steps']}")
-    return attack
-
-
 class DATModule(LightningModule):
     """Dual Adversarial Training of one classifier ``net`` (images in [0, 1] -> logits).
 
     Args:
         net: the classifier (a :class:`~dat_lightning.models.Classifier`).
-        clf_attack: discriminative PGD of training: ``norm, eps, step_size, steps[, random_init]``.
-        gen_attack: generative chain: ``step_size, start_steps, max_steps, conditional``;
-            the chain length T itself is ``self.gen_steps``, set by the curriculum callback.
+        clf_attack: discriminative PGD of training (:class:`~dat_lightning.attacks.PGDSettings`
+            fields: ``norm, eps, step_size, steps[, random_init]``).
+        gen_attack: the generative chain (:class:`~dat_lightning.sampling.ChainSettings` fields:
+            ``step_size[, conditional]``); its length T is ``self.gen_steps``, which the curriculum
+            callback (:class:`~dat_lightning.callbacks.GenStepCurriculum`) owns and sets.
         val_attack: PGD used for robust accuracy in validation (defaults to ``clf_attack``).
         optimizer_stage1/optimizer_stage2: partial optimizers taking ``params``.
         scheduler_stage1/scheduler_stage2: partial LR schedulers taking ``optimizer``, stepped
@@ -65,7 +52,7 @@ class DATModule(LightningModule):
         init_ckpt_ema: take the EMA weights of a training checkpoint (if it has them).
         init_ckpt_format: layout of ``init_ckpt``: ``auto``, ``dat`` or a public robust model's
             (``robustbench``, ``madrylab``, ``ratio``, ``revisiting_at``; see
-            :mod:`dat_lightning.pretrained`).
+            :mod:`dat_lightning.checkpoints.foreign`).
         ce_weight/bce_weight: weights of L_AT-CE and L_BCE in the stage-two loss.
         fused: run the stage-two attack and chain as one batch per inner step and the three loss
             forwards as one (:mod:`dat_lightning.fused`); same results, fewer larger passes. Used
@@ -74,7 +61,7 @@ class DATModule(LightningModule):
         compile: ``torch.compile`` the backbone in place (state-dict keys unchanged).
         compile_kwargs: arguments of ``torch.compile`` (``backend``, ``mode``, ``dynamic`` ...).
         max_bad_steps: stop with an error after this many consecutive skipped (non-finite) steps
-            (:mod:`dat_lightning.reliability.divergence`).
+            (:mod:`dat_lightning.divergence`).
     """
 
     def __init__(
@@ -101,12 +88,11 @@ class DATModule(LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.net = net
-        self.clf_attack = validate_attack("clf_attack", clf_attack)
-        self.val_attack = validate_attack("val_attack", val_attack or clf_attack)
-        self.gen_attack = dict(gen_attack)
-        check_positive(**{"gen_attack.step_size": self.gen_attack["step_size"]})
-        if not 0 <= int(self.gen_attack["start_steps"]) <= int(self.gen_attack["max_steps"]):
-            raise ValueError("gen_attack needs 0 <= start_steps <= max_steps")
+        self.objective = DATObjective(
+            attack=from_config(PGDSettings, "clf_attack", clf_attack),
+            chain=from_config(ChainSettings, "gen_attack", gen_attack),
+            ce_weight=float(ce_weight), bce_weight=float(bce_weight))
+        self.val_attack = from_config(PGDSettings, "val_attack", val_attack or clf_attack)
         if stage2_start_epoch < 0:
             raise ValueError(f"stage2_start_epoch must be >= 0, got {stage2_start_epoch}")
         if stage2_start_epoch == 0 and init_ckpt is None:
@@ -120,17 +106,14 @@ class DATModule(LightningModule):
         self.scheduler_stage1 = scheduler_stage1
         self.scheduler_stage2 = scheduler_stage2
         self.stage2_start_epoch = stage2_start_epoch
-        self.ce_weight = ce_weight
-        self.bce_weight = bce_weight
-        self.gen_steps = int(self.gen_attack["start_steps"])
+        self.gen_steps: int | None = None  # the chain length T, set by the curriculum callback
         self.divergence = DivergenceGuard(max_bad_steps)
         self.experiment_config: dict[str, Any] | None = None
         num_classes = getattr(net, "num_classes", None)
         self.val_acc_clean = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc_robust = MulticlassAccuracy(num_classes=num_classes, average="micro")
         if init_ckpt is not None:
-            state = load_robust(init_ckpt_format, init_ckpt, net=self.net, ema=init_ckpt_ema)
-            load_matching(self.net, state, source=f"init_ckpt {init_ckpt} (init_ckpt_format={init_ckpt_format})")
+            load_weights(self.net, init_ckpt, format=init_ckpt_format, ema=init_ckpt_ema)
         self.fused = fused
         self._fusion_refusal_logged = False
         if compile:
@@ -148,53 +131,26 @@ class DATModule(LightningModule):
         return self.net(x)
 
     # ------------------------------------------------------------------ training
-    def stage_one_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """L_AT-CE (Eq. 10-11) on PGD examples."""
-        x_adv = pgd_attack(self.net, x, y, **self.clf_attack)
-        return self.adversarial_ce(self.net(x_adv), y)
-
-    def adversarial_ce(self, logits_adv: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """``ce_weight * CE(f(x_adv), y)`` (in float32) and its statistics."""
-        loss_ce = F.cross_entropy(logits_adv.float(), y)
-        stats = {"loss_ce": loss_ce.detach(), "acc_adv": (logits_adv.argmax(1) == y).float().mean()}
-        return self.ce_weight * loss_ce, stats
-
-    def generate(self, x0: Tensor, y: Tensor | None, steps: int) -> Tensor:
-        """The training chain: ``steps`` normalized-gradient steps from ``x0`` (Eq. 14 or Eq. 8)."""
-        target = y if self.gen_attack.get("conditional", True) else None
-        return pgd_sample(self.net, x0, target, step_size=self.gen_attack["step_size"], steps=steps)
-
-    def stage_two_loss(
-        self, x: Tensor, y: Tensor, x_hat: Tensor, y_hat: Tensor, x0: Tensor
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """L = w_ce L_AT-CE + w_bce L_BCE (Eq. 9) with ancestral samples ``y' = y_hat``."""
+    def stage_two_chain_steps(self) -> int:
+        """T for a stage-two step, once it is known that the step can run as the paper's: every
+        BatchNorm frozen, and T set by the curriculum callback."""
         if has_training_batchnorm(self.net):
             raise RuntimeError(
                 "stage two runs with BatchNorm in train mode; add the FreezeBatchNorm callback "
                 "(callbacks.freeze_bn in the configs)."
             )
-        if self.use_fused():
-            target = y_hat if self.gen_attack.get("conditional", True) else None
-            x_adv, x_fake = fused_attack_and_chain(
-                self.net, x, y, x0, target, attack=self.clf_attack,
-                chain_step_size=self.gen_attack["step_size"], chain_steps=self.gen_steps,
+        if self.gen_steps is None:
+            raise RuntimeError(
+                "stage two needs the chain length T, which the GenStepCurriculum callback sets: keep "
+                "callbacks.curriculum in the config (it was set to null)."
             )
-            logits_adv, logits_real, logits_fake = fused_logits(self.net, x_adv, x_hat, x_fake)
-        else:
-            x_adv = pgd_attack(self.net, x, y, **self.clf_attack)
-            x_fake = self.generate(x0, y_hat, self.gen_steps)
-            logits_adv, logits_real, logits_fake = self.net(x_adv), self.net(x_hat), self.net(x_fake)
-        ce_loss, stats = self.adversarial_ce(logits_adv, y)
-        loss_bce = bce_energy_loss(logits_real, logits_fake)
-        stats |= {
-            "loss_bce": loss_bce.detach(),
-            "energy_real": marginal_energy(logits_real).mean().detach(),
-            "energy_fake": marginal_energy(logits_fake).mean().detach(),
-            "joint_energy_real": joint_energy(logits_real, y_hat).mean().detach(),
-            "joint_energy_fake": joint_energy(logits_fake, y_hat).mean().detach(),
-            "auc": conditional_auc(logits_real, y_hat, logits_fake, y_hat),
-        }
-        return ce_loss + self.bce_weight * loss_bce, stats
+        return self.gen_steps
+
+    def stage_two_loss(self, x: Tensor, y: Tensor, x_hat: Tensor, y_hat: Tensor,
+                       x0: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The objective's stage two on one step's batches, with this module's T and fusion choice."""
+        return self.objective.stage_two(self.net, x, y, x_hat, y_hat, x0, chain_steps=self.stage_two_chain_steps(),
+                                        fused=self.use_fused())
 
     def use_fused(self) -> bool:
         """Whether this stage-two step runs fused passes: asked for, and every layer is per-sample.
@@ -213,7 +169,7 @@ class DATModule(LightningModule):
         x, y = batch["clf"]
         running_stats = snapshot_running_stats(self.net)  # restored if this step is skipped
         if self.stage == 1:
-            loss, stats = self.stage_one_loss(x, y)
+            loss, stats = self.objective.stage_one(self.net, x, y)
         else:
             x_hat, y_hat = batch["gen"]
             loss, stats = self.stage_two_loss(x, y, x_hat, y_hat, batch["ood"])
@@ -235,7 +191,8 @@ class DATModule(LightningModule):
             broadcast_batchnorm_buffers(self.net, src=0)
         stats |= {"loss": loss.detach(), "stage": torch.tensor(float(self.stage))}
         stats["skipped_steps"] = torch.tensor(float(self.divergence.total))
-        stats["gen_steps"] = torch.tensor(float(self.gen_steps))
+        if self.gen_steps is not None:
+            stats["gen_steps"] = torch.tensor(float(self.gen_steps))
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=True, on_epoch=False,
                       batch_size=len(x))
         self.log("train/acc_adv_epoch", stats["acc_adv"], on_step=False, on_epoch=True,
@@ -278,7 +235,7 @@ class DATModule(LightningModule):
             )
         x, y = batch
         logits = self.net(x)
-        x_adv = pgd_attack(self.net, x, y, **self.val_attack)
+        x_adv = pgd_attack(self.net, x, y, self.val_attack)
         with torch.no_grad():
             logits_adv = self.net(x_adv)
         self.val_acc_clean(logits, y)
@@ -287,21 +244,18 @@ class DATModule(LightningModule):
         self.log("val/acc_robust", self.val_acc_robust, prog_bar=True, batch_size=len(x))
         self.log("val/energy", marginal_energy(logits).mean(), batch_size=len(x))
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.validation_step(batch, batch_idx)
-
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # A plain dict (no OmegaConf objects) so that weights_only=True loading works.
+        # Plain containers and tensors only (no OmegaConf objects), so weights_only=True loads it.
         if self.experiment_config is not None:
             checkpoint["dat_config"] = self.experiment_config
-        checkpoint["dat_gen_steps"] = self.gen_steps
         checkpoint["dat_divergence"] = self.divergence.state_dict()
+        checkpoint["dat_rng"] = training_rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning loads the weights right after this hook; a mismatch would surface as a bare
         # RuntimeError from load_state_dict, so it is reported here the way init_ckpt reports it.
         source = f"ckpt_path={self._trainer.ckpt_path if self._trainer is not None else 'the checkpoint'}"
         check_fits(self.state_dict(), checkpoint.get("state_dict", {}), source)
-        self.gen_steps = int(checkpoint.get("dat_gen_steps", self.gen_steps))
         self.divergence.load_state_dict(checkpoint.get("dat_divergence", {}))
+        restore_training_rng(checkpoint.get("dat_rng", {}))

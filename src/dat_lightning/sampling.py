@@ -1,4 +1,4 @@
-"""The generative PGD chain (paper Eq. 8 and Eq. 14, SPEC "Generative chain").
+"""The generative PGD chain (paper Eq. 8 and Eq. 14; ``docs/algorithm.md``, "The chain").
 
 ``x_{t+1} = clamp(x_t + eta * g / ||g||_2, 0, 1)`` with ``g`` the input gradient of the
 class logit ``f(x_t)[y]`` (ancestral, class-conditional) or of ``logsumexp f(x_t)``
@@ -8,6 +8,7 @@ class logit ``f(x_t)[y]`` (ancestral, class-conditional) or of ``logsumexp f(x_t
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -16,14 +17,30 @@ from dat_lightning.attacks import ascent_step, check_positive, input_gradient
 from dat_lightning.energy import joint_energy, marginal_energy
 
 
+@dataclass(frozen=True)
+class ChainSettings:
+    """The generative chain of training: the L2 length ``step_size`` of each step (pixel units,
+    > 0) and whether it ascends the class logit (``conditional``, Eq. 14) or ``logsumexp`` (Eq. 8).
+    Its length T is the curriculum's (:class:`~dat_lightning.callbacks.GenStepCurriculum`)."""
+
+    step_size: float
+    conditional: bool = True
+
+    def __post_init__(self) -> None:
+        check_positive(step_size=self.step_size)
+        object.__setattr__(self, "step_size", float(self.step_size))
+        object.__setattr__(self, "conditional", bool(self.conditional))
+
+
+def chain_objective(logits: Tensor, y: Tensor | None) -> Tensor:
+    """Per-sample ``-E(x, y) = f(x)[y]`` (Eq. 14) or ``-E(x) = logsumexp f(x)`` (Eq. 8): what the
+    chain ascends."""
+    return -(joint_energy(logits, y) if y is not None else marginal_energy(logits))
+
+
 def chain_step(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor | None, step_size: float) -> Tensor:
     """One step of Eq. 14 (``y`` given) or Eq. 8 (``y`` None): descend the energy, clamp to [0, 1]."""
-
-    def negative_energy(z: Tensor) -> Tensor:
-        logits = model(z)
-        return -(joint_energy(logits, y) if y is not None else marginal_energy(logits))
-
-    g = input_gradient(negative_energy, x)
+    g = input_gradient(lambda z: chain_objective(model(z), y), x)
     return ascent_step(x, g, step_size, "l2").clamp(0.0, 1.0)
 
 

@@ -10,13 +10,13 @@ from lightning.pytorch import Trainer
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from dat_lightning.attacks import pgd_attack
+from dat_lightning.attacks import PGDSettings, pgd_attack
 from dat_lightning.batchnorm import eval_mode
 from dat_lightning.callbacks import FIDCallback, SampleGrid
 from dat_lightning.metrics.fid import NonFiniteFeatures
 
 
-def accuracy(net, loader, attack: dict[str, Any], max_batches: int | None = None,
+def accuracy(net, loader, attack: PGDSettings, max_batches: int | None = None,
              desc: str = "test") -> tuple[float, float, int]:
     """Clean and PGD-robust accuracy of ``net`` over ``loader``: (clean, robust, n)."""
     device = next(net.parameters()).device
@@ -24,7 +24,7 @@ def accuracy(net, loader, attack: dict[str, Any], max_batches: int | None = None
     with eval_mode(net):
         for x, y in tqdm(islice(loader, max_batches), desc=desc, total=max_batches or len(loader), leave=False):
             x, y = x.to(device), y.to(device)
-            x_adv = pgd_attack(net, x, y, **attack)
+            x_adv = pgd_attack(net, x, y, attack)
             with torch.no_grad():
                 correct += (net(x).argmax(1) == y).sum().item()
                 robust += (net(x_adv).argmax(1) == y).sum().item()
@@ -44,7 +44,7 @@ def final_summary(cfg: DictConfig, trainer: Trainer, module, datamodule) -> dict
         "test_examples": n,
         "clean_accuracy": clean,
         "robust_accuracy": robust,
-        "threat_model": f"PGD-{attack['steps']} {attack['norm'].upper()} eps={attack['eps']} (pixel units)",
+        "threat_model": f"PGD-{attack.steps} {attack.norm.upper()} eps={attack.eps} (pixel units)",
         "final_gen_steps": module.gen_steps,
         "checkpoint": (trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path)
         if trainer.checkpoint_callback else None,

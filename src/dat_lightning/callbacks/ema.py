@@ -8,9 +8,11 @@ import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import Tensor
 
+from dat_lightning.callbacks.protocol import staged
+
 
 def warmup_ema_decay(num_averaged: int | Tensor, max_decay: float = 0.999) -> float | Tensor:
-    """SPEC decay ``min(max_decay, (1 + n) / (10 + n))`` after ``n`` updates: early averages
+    """The authors' decay ``min(max_decay, (1 + n) / (10 + n))`` after ``n`` updates: early averages
     forget the random initialization quickly, later ones average over ~1/(1-max_decay) steps."""
     n = num_averaged
     if isinstance(n, Tensor):
@@ -46,7 +48,7 @@ class WarmupEMA(EMAWeightAveraging):
         self._restarted = False
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        start = getattr(pl_module, "stage2_start_epoch", 0)
+        start = staged(pl_module).stage2_start_epoch
         # start == 0: stage two begins from init_ckpt, whose weights the average already holds.
         if self.restart_at_stage_two and not self._restarted and start > 0 and trainer.current_epoch == start:
             self._copy_average_to_current(pl_module)

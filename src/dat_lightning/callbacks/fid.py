@@ -9,13 +9,13 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
-from torch.utils.data import DataLoader
 
 from dat_lightning.callbacks.ema import evaluation_net
+from dat_lightning.callbacks.protocol import staged
 from dat_lightning.energy import marginal_energy
-from dat_lightning.generate import generate_batches
+from dat_lightning.generation import generate_batches
 from dat_lightning.metrics.fid import NonFiniteFeatures, checked_fid, fill_real_statistics, make_fid
-from dat_lightning.metrics.quality import statistics_cache
+from dat_lightning.metrics.quality import real_images, statistics_cache
 
 _FAKE_STATES = ("fake_features_sum", "fake_features_cov_sum", "fake_features_num_samples")
 
@@ -67,10 +67,7 @@ class FIDCallback(Callback):
         self.last_sample_energy: float | None = None
 
     def _real_batches(self, trainer: Trainer):
-        dm = trainer.datamodule
-        real = dm.real_eval_dataset(self.num_real)
-        for x, _ in DataLoader(real, batch_size=self.batch_size, num_workers=0):
-            yield x
+        return (x for x, _ in real_images(trainer.datamodule, self.num_real, self.batch_size))
 
     def _cache_file(self, trainer: Trainer) -> Path | None:
         if self.cache_dir is None:
@@ -127,7 +124,7 @@ class FIDCallback(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        if self.stage2_only and getattr(pl_module, "stage", 2) != 2:
+        if self.stage2_only and staged(pl_module).stage != 2:
             return
         try:
             value = self.compute(trainer, pl_module, distributed=True)

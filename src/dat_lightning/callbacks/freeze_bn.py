@@ -8,6 +8,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from dat_lightning.batchnorm import freeze_batchnorm
+from dat_lightning.callbacks.protocol import staged
 
 
 class FreezeBatchNorm(Callback):
@@ -22,7 +23,7 @@ class FreezeBatchNorm(Callback):
         self._announced = False
 
     def _apply(self, pl_module: LightningModule) -> None:
-        if getattr(pl_module, "stage", 1) == 2:
+        if staged(pl_module).stage == 2:
             count = freeze_batchnorm(pl_module)
             if not self._announced:
                 rank_zero_info(f"Stage two: {count} BatchNorm layers frozen (running statistics fixed).")

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import save_image
 
 from dat_lightning.callbacks.ema import evaluation_net
-from dat_lightning.generate import generate_batches
-from dat_lightning.loggers import log_image
+from dat_lightning.callbacks.protocol import staged
+from dat_lightning.generation import generate_batches, sample_grid
+from dat_lightning.reporting import log_image
 
 
 class SampleGrid(Callback):
@@ -41,13 +42,12 @@ class SampleGrid(Callback):
         if not trainer.is_global_zero:
             return None
         net = evaluation_net(trainer, pl_module)
-        k = pl_module.net.num_classes
-        samples = torch.cat([x for x, _ in generate_batches(
+        k = staged(pl_module).net.num_classes
+        batches = list(generate_batches(
             net, trainer.datamodule.ood, self.per_class * k, k, step_size=self.step_size,
-            steps=self.steps, batch_size=max(k, 100), conditional=self.conditional)])
-        # labels are i % K: reorder so that each row of the grid is one class
-        order = torch.arange(len(samples)).view(self.per_class, k).t().reshape(-1)
-        grid = make_grid(samples[order], nrow=self.per_class, padding=1, pad_value=1.0)
+            steps=self.steps, batch_size=max(k, 100), conditional=self.conditional))
+        samples, labels = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+        grid = sample_grid(samples, labels, k, self.per_class, self.conditional)
         log_image(trainer, "samples/grid", grid, step=trainer.global_step)
         self._last_grid = (trainer.global_step, grid)
         return self._save(out_dir, grid, tag)

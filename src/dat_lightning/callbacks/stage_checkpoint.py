@@ -6,6 +6,8 @@ from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from dat_lightning.callbacks.protocol import staged
+
 
 class StageOneCheckpoint(Callback):
     """Write ``<dirpath>/stage1.ckpt`` at the end of the last stage-one epoch.
@@ -18,6 +20,6 @@ class StageOneCheckpoint(Callback):
         self.path = Path(dirpath) / filename
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.current_epoch + 1 == getattr(pl_module, "stage2_start_epoch", -1) and not trainer.fast_dev_run:
+        if trainer.current_epoch + 1 == staged(pl_module).stage2_start_epoch and not trainer.fast_dev_run:
             trainer.save_checkpoint(self.path, weights_only=False)  # stage two starts from it: full state
 

@@ -75,14 +75,14 @@ def _own_object(target: Any) -> Any:
 def data_builders() -> frozenset[Callable[..., Any]]:
     """The callables a stored ``data`` node may name: the datamodule, the dataset readers, the
     seed sources and the transforms of :mod:`dat_lightning.data`."""
-    from dat_lightning.data import datamodule, datasets, ood, transforms
+    from dat_lightning.data import datamodule, datasets, generated, ood, transforms
 
     return frozenset({
         datamodule.DATDataModule,
         datasets.cifar10, datasets.cifar100, datasets.fashion_mnist, datasets.image_folder,
         datasets.restricted_imagenet,
-        ood.HandwrittenDigits, ood.NaturalPhotoCrops, ood.OODImageFolder, ood.TinyImages,
-        ood.UniformNoise, ood.UnlabeledImages,
+        ood.OODImageFolder, ood.TinyImages, ood.UnlabeledImages,
+        generated.HandwrittenDigits, generated.NaturalPhotoCrops, generated.UniformNoise,
         transforms.to_tensor, transforms.cifar_clf, transforms.cifar_gen, transforms.imagenet_clf,
         transforms.imagenet_gen, transforms.imagenet_ood, transforms.imagenet_val,
         transforms.fmnist_clf, transforms.fmnist_gen,

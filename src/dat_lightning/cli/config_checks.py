@@ -108,11 +108,33 @@ def check_overrides(overrides: Sequence[str], config_name: str = "train",
 
 
 def cli_overrides(argv: Sequence[str]) -> list[str] | None:
-    """The ``key=value`` arguments of a plain run; None when flags (--multirun, --cfg, -cn ...)
-    ask Hydra for something this check does not model."""
-    if any(arg.startswith("-") for arg in argv):
-        return None
-    return [arg for arg in argv if not arg.startswith("hydra.") and not arg.startswith("hydra/")]
+    """The ``key=value`` arguments of a plain run, as :func:`check_overrides` composes them: the
+    user's config folders (``--config-dir DIR`` / ``-cd DIR`` or ``hydra.searchpath=[...]``) join
+    the search path as in Hydra; other ``hydra.*`` settings do not shape the config. None when
+    other flags (--multirun, --cfg, -cn ...) ask Hydra for something this check does not model."""
+    overrides: list[str] = []
+    folders: list[str] = []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("--config-dir", "-cd") and args:
+            folders.append(args.pop(0))
+        elif arg.startswith("--config-dir="):
+            folders.append(arg.split("=", 1)[1])
+        elif arg.startswith("-"):
+            return None
+        elif arg.startswith("hydra.searchpath="):
+            if folders:
+                return None  # both forms at once: leave it to Hydra
+            overrides.append(arg)
+        elif not arg.startswith(("hydra.", "hydra/")):
+            overrides.append(arg)
+    if folders:
+        if any(o.startswith("hydra.searchpath=") for o in overrides):
+            return None
+        paths = ",".join(f"file://{Path(f).expanduser().resolve()}" for f in folders)
+        overrides.append(f"hydra.searchpath=[{paths}]")
+    return overrides
 
 
 # -- the composed config --------------------------------------------------------------------------

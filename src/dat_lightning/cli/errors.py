@@ -24,10 +24,10 @@ from hydra.errors import HydraException, InstantiationException
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf.errors import OmegaConfBaseException
 
+from dat_lightning.callbacks.preemption import Preempted
 from dat_lightning.checkpoints import CheckpointError
 from dat_lightning.data.datasets import CorruptImageError, DatasetNotFoundError
-from dat_lightning.reliability.divergence import DivergenceError
-from dat_lightning.reliability.preemption import Preempted
+from dat_lightning.divergence import DivergenceError
 
 # Errors whose message is the whole story: the user can act on it without a traceback.
 USER_ERRORS = (

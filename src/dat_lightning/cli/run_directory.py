@@ -32,7 +32,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from dat_lightning.checkpoints import read_checkpoint
+from dat_lightning.checkpoints import CheckpointError, read_checkpoint
 from dat_lightning.cli.config_checks import ConfigError
 
 LOCK_NAME = ".lock"
@@ -116,6 +116,34 @@ def claim(directory: Path, cfg: DictConfig) -> None:
 
 
 # -- resuming -------------------------------------------------------------------------------------
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
+    """The checkpoint a fit starts from.
+
+    ``None`` starts afresh; ``"last"`` resumes from ``<output_dir>/checkpoints/last.ckpt`` when
+    this run directory has one (otherwise starts afresh); any other value is a path that must
+    exist.
+    """
+    if ckpt_path is None or str(ckpt_path).lower() in ("", "none", "null"):
+        return None
+    if str(ckpt_path) == "last":
+        last = Path(output_dir) / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            rank_zero_info(
+                f"Resuming from {last}, the last checkpoint of this run directory "
+                "(ckpt_path=null starts over, run_name=NAME starts a separate run)."
+            )
+            return str(last)
+        return None
+    if not Path(ckpt_path).is_file():
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path} does not exist. Give the path of a Lightning checkpoint "
+            "(e.g. outputs/<task>/<run>/checkpoints/last.ckpt), `last` for this run directory's "
+            "last checkpoint, or null to start afresh."
+        )
+    return str(ckpt_path)
+
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -92,19 +92,22 @@ def _fid(cfg: DictConfig, key: str) -> None:
 
 
 def check_train_settings(cfg: DictConfig) -> None:
-    """``python -m dat_lightning.train``: stages, attacks, chain, sampling, precision."""
+    """``python -m dat_lightning.train``: stages, attacks, chain and curriculum, sampling, precision."""
     at_least(cfg, "stage1_epochs", 0)
     at_least(cfg, "stage2_epochs", 0)
     if OmegaConf.select(cfg, "model") is not None:
         _attack(cfg, "model.clf_attack")
         _attack(cfg, "model.val_attack")
-        gen = "model.gen_attack"
-        positive(cfg, f"{gen}.step_size")
-        at_least(cfg, f"{gen}.start_steps", 0)
-        start = OmegaConf.select(cfg, f"{gen}.start_steps")
-        need(cfg, f"{gen}.max_steps", lambda v: _integer(v) and v >= start,
-             f"an integer >= {gen}.start_steps ({start})")
+        positive(cfg, "model.gen_attack.step_size")
         at_least(cfg, "model.max_bad_steps", 1, null=True)
+    curriculum = "callbacks.curriculum"
+    if OmegaConf.select(cfg, curriculum) is not None:
+        at_least(cfg, f"{curriculum}.start_steps", 0)
+        start = OmegaConf.select(cfg, f"{curriculum}.start_steps")
+        need(cfg, f"{curriculum}.max_steps", lambda v: _integer(v) and v >= start,
+             f"an integer >= {curriculum}.start_steps ({start})")
+        need(cfg, f"{curriculum}.auc_threshold", lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]")
+        at_least(cfg, f"{curriculum}.min_imgs_per_threshold", 1)
     if OmegaConf.select(cfg, "sampling") is not None:
         _chain(cfg, "sampling.")
     if OmegaConf.select(cfg, "data") is not None:
@@ -121,14 +124,19 @@ def check_train_settings(cfg: DictConfig) -> None:
         )
 
 
+def _sampling(cfg: DictConfig) -> None:
+    """The test-time chain of ``sample`` and ``evaluate`` (null: the checkpoint's own)."""
+    at_least(cfg, "sampling.num_samples", 1)
+    at_least(cfg, "sampling.batch_size", 1)
+    at_least(cfg, "sampling.seed_offset", 0)
+    _chain(cfg, "sampling.", null=True)
+    _seeds(cfg, "sampling.seeds")
+
+
 def check_sample_settings(cfg: DictConfig) -> None:
     """``python -m dat_lightning.sample``."""
-    at_least(cfg, "num_samples", 1)
-    at_least(cfg, "batch_size", 1)
-    _chain(cfg, "", null=True)
-    at_least(cfg, "seed_offset", 0)
+    _sampling(cfg)
     at_least(cfg, "grid_per_class", 1)
-    _seeds(cfg, "seeds")
     sweep = OmegaConf.select(cfg, "sweep")
     if sweep is not None:
         need(cfg, "sweep", lambda v: isinstance(v, ListConfig) and len(v) > 0
@@ -145,11 +153,7 @@ def check_evaluate_settings(cfg: DictConfig) -> None:
     """``python -m dat_lightning.evaluate``."""
     need(cfg, "metrics", lambda v: isinstance(v, ListConfig) and len(v) > 0 and set(v) <= set(EVALUATION_METRICS),
          f"a non-empty list of {', '.join(EVALUATION_METRICS)}")
-    at_least(cfg, "sampling.num_samples", 1)
-    at_least(cfg, "sampling.batch_size", 1)
-    at_least(cfg, "sampling.seed_offset", 0)
-    _chain(cfg, "sampling.", null=True)
-    _seeds(cfg, "sampling.seeds")
+    _sampling(cfg)
     at_least(cfg, "test_size", 1, null=True)
     at_least(cfg, "batch_size", 1)
     at_least(cfg, "num_workers", 0)
@@ -169,3 +173,9 @@ def check_evaluate_settings(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "ood.adversarial.enabled"):
         _attack(cfg, "ood.adversarial")
     at_least(cfg, "calibration.n_bins", 1)
+
+
+def check_judge_settings(cfg: DictConfig) -> None:
+    """``python -m dat_lightning.judge``."""
+    at_least(cfg, "epochs", 1)
+    at_least(cfg, "limit", 1, null=True)

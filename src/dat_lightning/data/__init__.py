@@ -1,6 +1,6 @@
 """Data for DAT: datasets, OOD seed sources, augmentations and the three-stream datamodule."""
 
-from .datamodule import DATDataModule, SeededRandomSampler, TransformedDataset
+from .datamodule import DATDataModule, TransformedDataset
 from .datasets import (
     CorruptImageError,
     DatasetNotFoundError,
@@ -10,14 +10,9 @@ from .datasets import (
     image_folder,
     restricted_imagenet,
 )
-from .ood import (
-    HandwrittenDigits,
-    NaturalPhotoCrops,
-    OODImageFolder,
-    TinyImages,
-    UniformNoise,
-    UnlabeledImages,
-)
+from .generated import HandwrittenDigits, NaturalPhotoCrops, UniformNoise
+from .ood import OODImageFolder, TinyImages, UnlabeledImages
+from .order import SeededRandomSampler
 
 __all__ = [
     "CorruptImageError",

@@ -1,7 +1,7 @@
 """The DAT datamodule: three independent training streams and a validation split.
 
 Stage 2 of DAT draws, at every iteration, three independent batches of the same size B
-(SPEC "Stage 2"): ``clf`` = ``(x, y)`` with strong augmentation, ``gen`` = ``(x_hat, y_hat)``
+(docs/algorithm.md, "Stage two"): ``clf`` = ``(x, y)`` with strong augmentation, ``gen`` = ``(x_hat, y_hat)``
 real images with mild augmentation, ``ood`` = ``x0`` seeds for the generative chain.
 
 Data order: each stream has its own :class:`SeededRandomSampler`, whose order is a pure function
@@ -17,11 +17,9 @@ when the source is larger (e.g. 80M Tiny Images), several concatenated permutati
 
 from __future__ import annotations
 
-import itertools
-import math
 import re
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -31,27 +29,18 @@ from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from dat_lightning.reliability.data_faults import SkipCorrupt, check_policy
-from dat_lightning.reliability.resumable_data import SeededItems, data_position, resume_point
-from dat_lightning.reliability.signal_watchdog import ignore_preemption_signals
+from dat_lightning.data.faults import SkipCorrupt, check_policy, ignore_preemption_signals
+from dat_lightning.data.order import (
+    STREAM_IDS,
+    WORKER_SEED_SLOT,
+    SeededItems,
+    SeededRandomSampler,
+    data_position,
+    resume_point,
+    stream_seed,
+)
 
 ImageTransform = Callable[[Image.Image], torch.Tensor]
-
-# Stream ids mixed into the sampler seeds so the three streams are independent.
-STREAM_IDS = {"clf": 0, "gen": 1, "ood": 2}
-
-# Above this many items, drawing a subset through a full permutation costs too much memory
-# (80M Tiny Images: 79M int64 = 634 MB per epoch); sample with replacement instead, where
-# duplicates are negligible (~n_draws^2 / (2 * n_items) of them, e.g. 16 for 50K of 79M).
-MAX_PERMUTATION_SIZE = 1 << 24
-
-# Offset of the stream id for the per-item augmentation seeds (independent of the orders).
-AUGMENTATION_SEED_STREAM = 1 << 20
-
-# Stands in for the epoch when seeding a loader's worker base seeds: far from any real epoch, so
-# it never equals a sampler seed.
-WORKER_SEED_SLOT = 1 << 30
-
 
 def check_name(name: str) -> str:
     """A dataset name is part of cache file names (FID statistics): letters, digits, ``_.-``
@@ -59,83 +48,6 @@ def check_name(name: str) -> str:
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
         raise ValueError(f"data.name must be letters, digits and _.- (it names cache files), got {name!r}")
     return name
-
-
-def stream_seed(seed: int, stream: int, epoch: int) -> int:
-    """A 64-bit seed from (seed, stream, epoch) via numpy's SeedSequence (well-mixed, stable)."""
-    if min(seed, stream, epoch) < 0:
-        raise ValueError(f"seed, stream and epoch must be >= 0, got {(seed, stream, epoch)}")
-    state = np.random.SeedSequence([seed, stream, epoch]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 32 | int(state[1])) & ((1 << 63) - 1)
-
-
-class SeededRandomSampler(Sampler[int]):
-    """Shuffled indices whose order is a pure function of ``(seed, stream, epoch)``.
-
-    Args:
-        num_items: size of the dataset sampled from.
-        seed: run seed.
-        stream: stream id; different streams get independent orders for the same seed.
-        num_samples: indices per epoch (default ``num_items``). Fewer than ``num_items``: a random
-            subset without replacement (with replacement above ``MAX_PERMUTATION_SIZE`` items);
-            more: concatenated independent permutations.
-        with_seeds: yield ``(index, augmentation seed)`` pairs, for
-            :class:`~dat_lightning.reliability.resumable_data.SeededItems` (exact resume).
-    """
-
-    def __init__(
-        self, num_items: int, seed: int = 0, stream: int = 0, num_samples: int | None = None,
-        with_seeds: bool = False,
-    ):
-        if num_items <= 0:
-            raise ValueError(f"cannot sample from an empty dataset (num_items={num_items})")
-        self.num_items = int(num_items)
-        self.seed = int(seed)
-        self.stream = int(stream)
-        self.num_samples = self.num_items if num_samples is None else int(num_samples)
-        self.epoch = 0
-        self.with_seeds = with_seeds
-        self._skip: tuple[int, int] | None = None
-
-    def skip_once(self, epoch: int, count: int) -> None:
-        """Drop the first ``count`` items the next time ``epoch`` is iterated (resume mid-epoch)."""
-        self._skip = (int(epoch), int(count))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order ``__iter__`` yields (Lightning calls this every epoch)."""
-        self.epoch = int(epoch)
-
-    def epoch_indices(self, epoch: int | None = None) -> torch.Tensor:
-        """All indices of ``epoch`` (default: the current one), in order."""
-        epoch = self.epoch if epoch is None else epoch
-        generator = torch.Generator().manual_seed(stream_seed(self.seed, self.stream, epoch))
-        n, total = self.num_items, self.num_samples
-        if total <= n:
-            if n > MAX_PERMUTATION_SIZE:
-                return torch.randint(n, (total,), generator=generator)
-            return torch.randperm(n, generator=generator)[:total]
-        repeats = math.ceil(total / n)
-        return torch.cat([torch.randperm(n, generator=generator) for _ in range(repeats)])[:total]
-
-    def item_seeds(self, epoch: int | None = None) -> torch.Tensor:
-        """One augmentation seed per position of ``epoch``'s order (independent of the order)."""
-        epoch = self.epoch if epoch is None else epoch
-        generator = torch.Generator().manual_seed(
-            stream_seed(self.seed, self.stream + AUGMENTATION_SEED_STREAM, epoch)
-        )
-        return torch.randint(1 << 62, (self.num_samples,), generator=generator)
-
-    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
-        items: Iterator = iter(self.epoch_indices().tolist())
-        if self.with_seeds:
-            items = zip(items, self.item_seeds().tolist(), strict=True)
-        skip, self._skip = self._skip, None  # a pending skip applies to the next iteration only
-        if skip is not None and skip[0] == self.epoch:
-            items = itertools.islice(items, skip[1], None)
-        return items
-
-    def __len__(self) -> int:
-        return self.num_samples
 
 
 class TransformedDataset(Dataset):
@@ -184,12 +96,12 @@ class DATDataModule(pl.LightningDataModule):
             train statistics; default derived from the train set's type and size.
         on_corrupt_image: ``"fail"``: an unreadable image stops the run with its path;
             ``"skip"``: it is replaced by the next readable one, named in a warning and counted
-            (:mod:`dat_lightning.reliability.data_faults`).
+            (:mod:`dat_lightning.data.faults`).
 
     Exact resume: every training item carries its own augmentation seed, and the datamodule's
     checkpointed state (``state_dict``) records how many batches of the epoch were consumed, so a
     run resumed mid-epoch sees the same remaining batches, augmented the same way
-    (:mod:`dat_lightning.reliability.resumable_data`).
+    (:mod:`dat_lightning.data.order`).
     """
 
     def __init__(
@@ -294,7 +206,7 @@ class DATDataModule(pl.LightningDataModule):
             raise ValueError(
                 f"the OOD source {_describe(self.ood)} is empty: no seed images for the "
                 "generative chain. Check `data.ood` (its path/root, exclusion list, length), or "
-                "use dat_lightning.data.ood.UniformNoise / NaturalPhotoCrops."
+                "use dat_lightning.data.generated.UniformNoise / NaturalPhotoCrops."
             )
 
     @staticmethod
@@ -439,7 +351,7 @@ class DATDataModule(pl.LightningDataModule):
     def real_eval_dataset(self, num_images: int | None = None) -> Dataset:
         """``num_images`` evenly spaced train images, ``(x, y)`` with ``val_transform``.
 
-        The real side of FID (statistics against the train set, SPEC "Evaluation protocols"): no
+        The real side of FID (statistics against the train set, docs/algorithm.md, "How it is measured"): no
         augmentation, and evenly spaced so class-sorted folders contribute every class.
         """
         total = len(self.train_set)

@@ -1,6 +1,6 @@
 """Visual counterfactuals: real images pushed towards another class inside an L2 ball.
 
-SPEC "Evaluation protocols": target ``y' = (y + randint(1, K)) mod K`` (never the true class),
+docs/algorithm.md, "How it is measured": target ``y' = (y + randint(1, K)) mod K`` (never the true class),
 PGD ascending ``f(x)[y']`` inside an L2 ball of radius eps, for a range of eps.
 """
 

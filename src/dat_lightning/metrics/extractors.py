@@ -8,13 +8,17 @@ every score carries its extractor's name so nobody mistakes one for the other.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from unittest import mock
 from urllib.error import URLError
 
+import hydra
 import torch
 import torch.nn.functional as F
 import torch_fidelity.feature_extractor_inceptionv3 as _fidelity_inception
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from dat_lightning.checkpoints import read_checkpoint
@@ -143,3 +147,16 @@ def build_extractor(name: str, **kwargs) -> nn.Module:
     if name not in EXTRACTORS:
         raise ValueError(f"unknown feature extractor {name!r}; choose one of {sorted(EXTRACTORS)}")
     return EXTRACTORS[name](**kwargs)
+
+
+def build_feature_extractor(fid_cfg: Mapping[str, Any]) -> nn.Module:
+    """``fid.extractor``: a registry name (with ``fid.weights_path``) or a node with ``_target_``."""
+    spec = fid_cfg["extractor"]
+    if isinstance(spec, DictConfig):
+        spec = OmegaConf.to_container(spec)
+    if isinstance(spec, str):
+        kwargs = {"weights_path": fid_cfg["weights_path"]} if fid_cfg.get("weights_path") else {}
+        return build_extractor(spec, **kwargs)
+    if isinstance(spec, Mapping) and "_target_" in spec:
+        return hydra.utils.instantiate(spec)
+    raise ValueError(f"fid.extractor must be a name or a node with _target_, got {spec!r}")

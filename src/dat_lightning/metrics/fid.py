@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from dat_lightning.reliability.checkpoint_io import atomic_torch_save
+from dat_lightning.checkpoints.writing import atomic_torch_save
 
 _REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
 _SUMS = {"real": ("real_features_sum", "real_features_cov_sum"),

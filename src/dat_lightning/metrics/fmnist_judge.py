@@ -3,18 +3,17 @@
 The offline default extractor, a CIFAR-10 ResNet-18 looking at upsampled gray images, ranks
 pixel-saturated Fashion-MNIST samples above garment-like ones (README, "CPU-scale reproduction").
 This network has seen the domain: it is trained on the Fashion-MNIST train split with one fixed
-recipe (``python -m dat_lightning.metrics.fmnist_judge``, a few minutes on a CPU). It is neither
+recipe (``python -m dat_lightning.judge``, a few minutes on a CPU). It is neither
 robust nor Inception, so its FIDs are on their own scale, and they carry the name
 ``fmnist_cnn_<first 8 hex digits of the weights' sha256>``: scores from different weights never
 share a label or a cached real-statistics file.
 
-    python -m dat_lightning.metrics.fmnist_judge            # writes the default weights file
+    python -m dat_lightning.judge            # writes the default weights file
     python -m dat_lightning.evaluate ckpt=... metrics=[fid] fid.extractor=fmnist_cnn
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 from pathlib import Path
@@ -26,7 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from dat_lightning.checkpoints import read_checkpoint
-from dat_lightning.reliability.checkpoint_io import atomic_torch_save
+from dat_lightning.checkpoints.writing import atomic_torch_save
 
 IMAGE_SIZE = 28
 
@@ -105,7 +104,7 @@ class FashionMNISTJudgeFeatures(nn.Module):
         if not path.is_file():
             raise FileNotFoundError(
                 f"no Fashion-MNIST judge weights at {path}: train them once with "
-                f"`python -m dat_lightning.metrics.fmnist_judge --out {path}` (a few minutes on a CPU)"
+                f"`python -m dat_lightning.judge out={path}` (a few minutes on a CPU)"
             )
         state = read_checkpoint(path)
         self.net = FashionMNISTCNN(num_classes=state["head.weight"].shape[0])
@@ -143,30 +142,21 @@ def dataset_tensors(dataset) -> tuple[Tensor, Tensor]:
     return x, torch.as_tensor(labels, dtype=torch.long)
 
 
-def main(argv: list[str] | None = None) -> Path:
-    from dat_lightning.data.datasets import FASHION_MNIST_DEBIAN_ROOT, fashion_mnist
+def make_judge(out: Path, root: str, epochs: int = 3, limit: int | None = None) -> Path:
+    """Train the judge on the Fashion-MNIST train split (``limit``: the first N images only, for
+    smoke runs), report its test accuracy, and write its weights to ``out`` (atomically)."""
+    from dat_lightning.data.datasets import fashion_mnist
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=default_weights_path(), help="weights file to write")
-    parser.add_argument("--root", default=FASHION_MNIST_DEBIAN_ROOT, help="Fashion-MNIST idx .gz folder")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--limit", type=int, default=None, help="use the first N train and test images only (smoke runs)")
-    args = parser.parse_args(argv)
-
-    x_train, y_train = dataset_tensors(fashion_mnist(args.root, train=True))
-    x_test, y_test = dataset_tensors(fashion_mnist(args.root, train=False))
-    if args.limit:
-        x_train, y_train, x_test, y_test = (t[: args.limit] for t in (x_train, y_train, x_test, y_test))
-    net = train_judge(x_train, y_train, epochs=args.epochs, progress=True)
+    x_train, y_train = dataset_tensors(fashion_mnist(root, train=True))
+    x_test, y_test = dataset_tensors(fashion_mnist(root, train=False))
+    if limit:
+        x_train, y_train, x_test, y_test = (t[:limit] for t in (x_train, y_train, x_test, y_test))
+    net = train_judge(x_train, y_train, epochs=epochs, progress=True)
     with torch.no_grad():
         predictions = torch.cat([net(x_test[i : i + 1000]).argmax(1) for i in range(0, len(x_test), 1000)])
     accuracy = (predictions == y_test).float().mean().item()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(net.state_dict(), args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(net.state_dict(), out)
     print(f"Fashion-MNIST judge: test accuracy {100 * accuracy:.2f}% ({len(x_test)} images); "
-          f"weights {args.out} (extractor name fmnist_cnn_{_weights_tag(args.out)})")
-    return args.out
-
-
-if __name__ == "__main__":
-    main()
+          f"weights {out} (extractor name fmnist_cnn_{_weights_tag(out)})")
+    return out

@@ -38,5 +38,5 @@ def auroc(scores_in: Tensor, scores_out: Tensor) -> float:
 def adversarial_ood(model: Callable[[Tensor], Tensor], x: Tensor, score: Score, *, eps: float,
                     step_size: float, steps: int, norm: str = "l2") -> Tensor:
     """OOD inputs moved inside the eps-ball to *maximize* the ID score (the worst case for the
-    detector; SPEC: CIFAR L2 eps 1.0, 20 steps x 0.1)."""
+    detector; the paper: CIFAR L2 eps 1.0, 20 steps x 0.1)."""
     return pgd_maximize(lambda z: score(model(z)), x, norm=norm, eps=eps, step_size=step_size, steps=steps)

@@ -9,15 +9,17 @@ so FID and IS share one pass, and class-wise FID reuses the same real features.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from torchmetrics.image.inception import InceptionScore
 
+from dat_lightning.checkpoints.writing import atomic_torch_save
 from dat_lightning.metrics.fid import checked_fid, fill_real_statistics, make_fid
-from dat_lightning.reliability.checkpoint_io import atomic_torch_save
 
 
 class PrecomputedFeatures(nn.Module):
@@ -168,3 +170,21 @@ def classwise_fid(real: Tensor, real_labels: Tensor, fake: Tensor, fake_labels: 
         if len(r) >= min_count and len(f) >= min_count:
             out[int(c)] = fid_from_features(r, f)
     return out
+
+
+def real_images(datamodule, num_real: int, batch_size: int) -> DataLoader:
+    """``num_real`` evenly spaced train images ``(x, y)``, no augmentation: the real side of FID."""
+    return DataLoader(datamodule.real_eval_dataset(int(num_real)), batch_size=int(batch_size), num_workers=0)
+
+
+def sample_quality(fid_cfg: Mapping[str, Any], extractor: nn.Module, datamodule,
+                   real_feature_batches: Iterable[Tensor] | None = None) -> SampleQuality:
+    """FID/IS scorer against ``fid.num_real`` train images (statistics cached by dataset, split,
+    extractor and size); ``real_feature_batches`` reuses features computed elsewhere."""
+    loader = real_images(datamodule, fid_cfg["num_real"], fid_cfg["batch_size"])
+    n_real = len(loader.dataset)
+    cache = statistics_cache(fid_cfg.get("cache_dir"), datamodule.name, "train", extractor_name(extractor), n_real)
+    if real_feature_batches is None:
+        real_feature_batches = features_of(extractor, (x for x, _ in loader))
+    return SampleQuality(extractor, real_feature_batches, cache,
+                         inception_score=bool(fid_cfg["inception_score"]), splits=int(fid_cfg["splits"]))

@@ -1,24 +1,20 @@
-"""Models: the normalizing :class:`Classifier` wrapper and extra timm architectures.
+"""Models: the normalizing :class:`Classifier` wrapper and the timm architectures DAT adds.
 
-Importing this package registers with timm: ``wrn34_10``, ``wrn28_10``, ``wrn16_4``, ``wrn16_2``,
-``wrn10_2`` (CIFAR WideResNets) and ``convnext_large_convstem``, ``convnext_tiny_convstem``.
+Importing this package registers with timm the CIFAR WideResNets (:mod:`.wide_resnet`) and the
+ConvNeXt + ConvStem family (:mod:`.convnext_convstem`); :data:`REGISTERED_MODELS` asks timm which
+they are. Tiny models for tests carry timm's ``test_`` prefix.
 """
 
-from dat_lightning.models import convnext_convstem, wide_resnet  # noqa: F401  (registers models)
+import timm
+
+from dat_lightning.models import convnext_convstem, wide_resnet
 from dat_lightning.models.classifier import Classifier, build_classifier
 from dat_lightning.models.convnext_convstem import ConvNeXtConvStem, ConvStem
 from dat_lightning.models.wide_resnet import WideResNet
 
-REGISTERED_MODELS = (
-    "wrn34_10",
-    "wrn28_10",
-    "wrn16_4",
-    "wrn16_2",
-    "wrn10_2",
-    "wrn10_1",
-    "convnext_large_convstem",
-    "convnext_tiny_convstem",
-)
+# timm files registrations under the defining module's last name.
+REGISTERED_MODELS = tuple(timm.list_models(module=[m.__name__.rsplit(".", 1)[-1]
+                                                   for m in (wide_resnet, convnext_convstem)]))
 
 __all__ = [
     "REGISTERED_MODELS",

@@ -13,7 +13,8 @@ Their model is timm's ConvNeXt with ``model.stem = ConvBlock3(96)``, so the stem
 named ``stem.stem.{0,1,3,4,6,7}.{weight,bias}``; ``ConvStem`` keeps that nesting so their state
 dict loads by name. Everything after the stem is timm's ``ConvNeXt`` unchanged.
 
-Registered names: ``convnext_large_convstem`` (198M params) and ``convnext_tiny_convstem`` (tests).
+Registered names: ``convnext_large_convstem`` (198M params) and ``test_convnext_convstem`` (tiny,
+for tests, with timm's ``test_`` prefix).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def _cfg(**kwargs) -> dict:
 
 
 default_cfgs = generate_default_cfgs(
-    {"convnext_large_convstem": _cfg(), "convnext_tiny_convstem": _cfg()}
+    {"convnext_large_convstem": _cfg(), "test_convnext_convstem": _cfg()}
 )
 
 
@@ -123,13 +124,10 @@ def convnext_large_convstem(pretrained: bool = False, **kwargs) -> ConvNeXtConvS
 
 
 @register_model
-def convnext_tiny_convstem(pretrained: bool = False, **kwargs) -> ConvNeXtConvStem:
-    """ConvNeXt-T + ConvStem 48-72-96 (our scaling of the large stem's w-1.5w-2w rule to dims[0]=96).
-
-    The reference used a different 2-conv stem (48-96) for ConvNeXt-T; this one exists for fast
-    tests of the large model's code path, not to load their ConvNeXt-T checkpoints.
-    """
-    model_args = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), stem_widths=(48, 72, 96))
+def test_convnext_convstem(pretrained: bool = False, **kwargs) -> ConvNeXtConvStem:
+    """A tiny ConvNeXt + ConvStem (one block per stage, dims 16-128, stem 8-12-16) for tests of the
+    large model's code path: the same layers, small enough for float64 on a CPU."""
+    model_args = dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128), stem_widths=(8, 12, 16))
     return _create_convnext_convstem(
-        "convnext_tiny_convstem", pretrained, **dict(model_args, **kwargs)
+        "test_convnext_convstem", pretrained, **dict(model_args, **kwargs)
     )

@@ -5,8 +5,9 @@ Module and attribute names follow the RobustBench / TRADES / RATIO ``WideResNet`
 then ``bn1``, ``relu``, ``fc``), so public robust checkpoints load by name with
 ``load_state_dict``. The block's odd pre-activation wiring is reproduced exactly for the same reason.
 
-Registered names: ``wrn34_10`` (the DAT paper's CIFAR backbone), ``wrn28_10``, ``wrn16_4``,
-``wrn16_2`` and ``wrn10_2`` (tiny, for CPU tests).
+Registered names: ``wrn34_10`` (the DAT paper's CIFAR backbone), ``wrn28_10``, ``wrn16_4``, and
+the CPU-sized ``wrn10_1`` (the Fashion-MNIST default) and ``wrn10_2`` (4x its parameters);
+``test_wrn16_2`` for tests (timm's ``test_`` prefix).
 """
 
 from __future__ import annotations
@@ -195,7 +196,7 @@ def _cfg(**kwargs) -> dict:
 
 
 default_cfgs = generate_default_cfgs(
-    {name: _cfg() for name in ("wrn34_10", "wrn28_10", "wrn16_4", "wrn16_2", "wrn10_2", "wrn10_1")}
+    {name: _cfg() for name in ("wrn34_10", "wrn28_10", "wrn16_4", "wrn10_2", "wrn10_1", "test_wrn16_2")}
 )
 
 
@@ -228,14 +229,14 @@ def wrn16_4(pretrained: bool = False, **kwargs) -> WideResNet:
 
 
 @register_model
-def wrn16_2(pretrained: bool = False, **kwargs) -> WideResNet:
-    """WRN-16-2 (0.7M params)."""
-    return _create_wide_resnet("wrn16_2", pretrained, depth=16, widen_factor=2, **kwargs)
+def test_wrn16_2(pretrained: bool = False, **kwargs) -> WideResNet:
+    """WRN-16-2 (0.7M params), for tests: two blocks per stage, so identity blocks too."""
+    return _create_wide_resnet("test_wrn16_2", pretrained, depth=16, widen_factor=2, **kwargs)
 
 
 @register_model
 def wrn10_2(pretrained: bool = False, **kwargs) -> WideResNet:
-    """WRN-10-2 (one block per stage, ~0.3M params): tiny, for CPU smoke tests."""
+    """WRN-10-2 (one block per stage, ~0.3M params): the CPU default's width doubled."""
     return _create_wide_resnet("wrn10_2", pretrained, depth=10, widen_factor=2, **kwargs)
 
 

@@ -1,18 +1,32 @@
-"""Writing what the evaluation CLIs measure: one JSON file, and the same numbers (and pictures)
-to the configured Lightning loggers (CSV, W&B)."""
+"""Writing what a run measures: one JSON file, and the same numbers and pictures to the Lightning
+loggers (W&B, TensorBoard take images; a CSV logger keeps the numbers, the PNG files stay on disk)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import Logger
+from torch import Tensor
 from torchvision.io import ImageReadMode, read_image
 
-from dat_lightning.loggers import log_image_to
+
+def log_image(trainer: Trainer, key: str, image: Tensor, step: int | None = None) -> None:
+    """Send a (C, H, W) image in [0, 1] to every logger of ``trainer`` that takes images."""
+    log_image_to(trainer.loggers, key, image, step)
+
+
+def log_image_to(loggers: Iterable[Logger], key: str, image: Tensor, step: int | None = None) -> None:
+    """Send a (C, H, W) image in [0, 1] to every logger that takes images (outside a Trainer)."""
+    for logger in loggers:
+        if hasattr(logger, "log_image"):  # WandbLogger
+            logger.log_image(key=key, images=[image.permute(1, 2, 0).cpu().numpy()], step=step)
+        elif hasattr(getattr(logger, "experiment", None), "add_image"):  # TensorBoard
+            logger.experiment.add_image(key, image, global_step=step)
 
 
 def flatten_numbers(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:

@@ -14,9 +14,7 @@ thread of its own and ends the process when the main thread cannot honour the si
 
 Ending means: one line on stderr naming the last checkpoint, the same signal forwarded to the
 other ranks this process started, and ``os._exit(128 + signal)``. Data-loader workers leave the
-signals to the training process (:func:`ignore_preemption_signals`, their ``worker_init_fn``):
-they receive them too when a whole process group is signalled (SLURM without ``B:``, ``timeout``,
-``kill -- -PGID``), and a worker that died would take the run down before it could save.
+signals to the training process (:func:`dat_lightning.data.faults.ignore_preemption_signals`).
 """
 
 from __future__ import annotations
@@ -31,19 +29,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
-
-PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-def ignore_preemption_signals(worker_id: int = 0) -> None:
-    """``worker_init_fn`` of every DataLoader: SIGTERM and SIGUSR1 are the training process's.
-
-    The worker also drops the wakeup socket it inherited at fork, so nothing it receives is
-    mistaken for a signal to the training process.
-    """
-    for signum in PREEMPTION_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
-    signal.set_wakeup_fd(-1)
 
 
 class SignalWatchdog:

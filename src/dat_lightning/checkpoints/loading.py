@@ -1,7 +1,7 @@
 """From a checkpoint file to an eval-mode classifier (and the config it was trained with).
 
 A training checkpoint carries ``dat_config`` (the resolved Hydra config as a plain dict), so it is
-self-describing. A plain state dict (or a public robust model, see :mod:`dat_lightning.pretrained`)
+self-describing. A plain state dict (or a public robust model, see :mod:`dat_lightning.checkpoints.foreign`)
 needs the experiment config it belongs to: an experiment name such as ``"fmnist_dat"``, a YAML
 file (e.g. a run's ``.hydra/config.yaml``) or a mapping.
 """
@@ -22,13 +22,12 @@ from torch import nn
 
 from dat_lightning.checkpoints import (
     CheckpointError,
-    classifier_state_dict,
     load_matching,
     read_checkpoint,
 )
+from dat_lightning.checkpoints.foreign import convert
 from dat_lightning.checkpoints.stored_config import build_data, build_network
 from dat_lightning.config import CONFIG_DIR, register_resolvers
-from dat_lightning.pretrained import detect_format, load_robust
 
 ConfigLike = str | Path | Mapping[str, Any] | DictConfig
 
@@ -84,7 +83,7 @@ def load_run(path: str | Path, ema: bool = True, config: ConfigLike | None = Non
         config: the experiment config for files without ``dat_config`` (it wins over
             ``dat_config`` when both exist); see :func:`experiment_config`.
         format: layout of a foreign state dict (``auto``, ``dat``, ``robustbench``, ...; see
-            :mod:`dat_lightning.pretrained`).
+            :mod:`dat_lightning.checkpoints.foreign`).
     """
     path = Path(path)
     ckpt = read_checkpoint(path)
@@ -101,16 +100,30 @@ def load_run(path: str | Path, ema: bool = True, config: ConfigLike | None = Non
     if OmegaConf.select(cfg, "model.net") is None:
         raise CheckpointError(f"the config for {path} has no model.net node to build the classifier from")
     net = build_network(cfg.model.net, source, stored=stored)
-    kind = detect_format(ckpt) if format == "auto" else format
-    if kind == "dat":
-        state = classifier_state_dict(ckpt, ema=ema)
-    else:  # a public robust model: convert its layout (reads the file again; rare)
-        state = load_robust(kind, path, net, ema=ema)
-    load_matching(net, state, source=str(path))
+    load_weights(net, path, format=format, ema=ema, ckpt=ckpt)
     net.eval().requires_grad_(False)
-    gen_steps = ckpt.get("dat_gen_steps")
-    return LoadedRun(net=net, config=cfg, path=path, gen_steps=None if gen_steps is None else int(gen_steps),
-                     config_source=source, config_stored=stored)
+    return LoadedRun(net=net, config=cfg, path=path, gen_steps=chain_length(ckpt), config_source=source,
+                     config_stored=stored)
+
+
+def load_weights(net: nn.Module, path: str | Path, format: str = "auto", ema: bool = True,
+                 ckpt: Mapping[str, Any] | None = None) -> None:
+    """The one route from a file to a network's weights (``init_ckpt``, ``load_classifier``): read
+    once with ``weights_only=True`` (or reuse ``ckpt``, what was read), convert its layout
+    (:func:`~dat_lightning.checkpoints.foreign.convert`, normalization checked), load strictly."""
+    ckpt = read_checkpoint(path) if ckpt is None else ckpt
+    source = f"{path}" if format == "auto" else f"{path} (format {format} asked for)"
+    load_matching(net, convert(ckpt, format, str(path), net=net, ema=ema), source=source)
+
+
+def chain_length(ckpt: Mapping[str, Any]) -> int | None:
+    """The curriculum's chain length T when the checkpoint was written (its callback's state;
+    ``dat_gen_steps`` in checkpoints of earlier versions), None when it has none."""
+    for key, state in (ckpt.get("callbacks") or {}).items():
+        if str(key).startswith("GenStepCurriculum") and isinstance(state, Mapping) and "steps" in state:
+            return int(state["steps"])
+    legacy = ckpt.get("dat_gen_steps")
+    return None if legacy is None else int(legacy)
 
 
 def load_classifier(path: str | Path, ema: bool = True, config: ConfigLike | None = None,

@@ -1,4 +1,6 @@
-"""Unreadable images: fail with the file's path, or skip them and count (``data.on_corrupt_image``).
+"""Data loading that survives trouble: unreadable images, and signals meant for the training process.
+
+Unreadable images fail with the file's path, or are skipped and counted (``data.on_corrupt_image``).
 
 Dataset readers raise :class:`~dat_lightning.data.datasets.CorruptImageError` naming the file.
 In a DataLoader worker that error travels to the training process, which re-raises it with the
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -20,6 +23,17 @@ from dat_lightning.data.datasets import CorruptImageError
 log = logging.getLogger(__name__)
 
 CORRUPT_IMAGE_POLICIES = ("fail", "skip")
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+def ignore_preemption_signals(worker_id: int = 0) -> None:
+    """``worker_init_fn`` of every DataLoader: SIGTERM and SIGUSR1 are the training process's.
+
+    The worker also drops the wakeup socket it inherited at fork, so nothing it receives is
+    mistaken for a signal to the training process.
+    """
+    for signum in PREEMPTION_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.set_wakeup_fd(-1)
 
 
 def check_policy(policy: str) -> str:

@@ -1,7 +1,8 @@
-"""Stage one from public robust checkpoints (SPEC "Stage 1 may instead load an existing robust
-checkpoint"): ``load_robust(kind, path)`` maps a foreign state dict onto our timm backbones.
+"""Stage one from public robust checkpoints (docs/algorithm.md, "Stage one": it may be an existing robust
+checkpoint): ``load_robust(kind, path)`` maps a foreign state dict onto our timm backbones.
 
-Kinds (``init_ckpt_format`` in the model config):
+Kinds (``init_ckpt_format`` in the model config; :func:`convert` maps a read checkpoint, and
+:func:`dat_lightning.checkpoints.loading.load_weights` is the one route from a file to a network):
 
 ==================  =============================================================================
 ``dat``             a checkpoint written by this package (EMA weights unless ``ema=False``) or a
@@ -13,21 +14,20 @@ Kinds (``init_ckpt_format`` in the model config):
 ``auto``            decided from the keys (:func:`detect_format`)
 ==================  =============================================================================
 
-Every file is read with ``weights_only=True``; the normalization a checkpoint stored is checked
-against the model's own ``mean``/``std``; :func:`~dat_lightning.checkpoints.load_matching` then
-loads strictly and names missing / unexpected keys.
+The normalization a checkpoint stored is checked against the model's own ``mean``/``std``;
+:func:`~dat_lightning.checkpoints.load_matching` then loads strictly and names missing / unexpected
+keys.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
-from dat_lightning.checkpoints import CheckpointError, classifier_state_dict, read_checkpoint
-from dat_lightning.pretrained.formats import (
+from dat_lightning.checkpoints import CheckpointError, classifier_state_dict
+from dat_lightning.checkpoints.formats import (
     Converted,
     check_normalization,
     from_madrylab,
@@ -36,7 +36,7 @@ from dat_lightning.pretrained.formats import (
     from_robustbench,
 )
 
-__all__ = ["FORMATS", "detect_format", "load_robust"]
+__all__ = ["FORMATS", "convert", "detect_format"]
 
 
 def _from_dat(ckpt: Mapping[str, Any], source: str, ema: bool = True) -> Converted:
@@ -77,23 +77,24 @@ def detect_format(ckpt: Mapping[str, Any]) -> str:
     return "robustbench"
 
 
-def load_robust(kind: str, path: str | Path, net: nn.Module | None = None, ema: bool = True) -> dict[str, Tensor]:
-    """Read ``path`` (``weights_only=True``) as a ``kind`` checkpoint; return a state dict for
+def convert(ckpt: Mapping[str, Any], kind: str = "auto", source: str = "checkpoint",
+            net: nn.Module | None = None, ema: bool = True) -> dict[str, Tensor]:
+    """The state dict of a read checkpoint in layout ``kind``, for
     :func:`~dat_lightning.checkpoints.load_matching` (backbone keys, bare or ``backbone.``-prefixed).
 
     Args:
-        kind: one of :data:`FORMATS` or ``"auto"``.
-        path: the checkpoint file.
+        ckpt: what the file holds (read with ``weights_only=True``).
+        kind: one of :data:`FORMATS` or ``"auto"`` (:func:`detect_format`).
+        source: the file, for messages.
         net: the Classifier it is meant for; when given, the checkpoint's stored normalization must
             equal ``net.mean``/``net.std`` (else :class:`CheckpointError` with the values to set).
         ema: prefer the EMA weights where the file has both (``dat``, ``revisiting_at``).
     """
     if kind != "auto" and kind not in FORMATS:
         raise ValueError(f"unknown checkpoint format {kind!r}; choose one of {['auto', *FORMATS]}")
-    ckpt = read_checkpoint(path)
     if kind == "auto":
         kind = detect_format(ckpt)
-    source = f"{path} (format {kind})"
+    source = f"{source} (format {kind})"
     converted = FORMATS[kind](ckpt, source, ema=ema)
     if not converted.state:
         raise CheckpointError(f"{source} holds no tensors to load")

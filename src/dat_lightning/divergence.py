@@ -82,7 +82,7 @@ def likely_causes(pl_module: Any) -> str:
     return (
         f"(1) BatchNorm not frozen in stage two (keep callbacks.freeze_bn; BatchNorm: {bn}); "
         f"(2) generative chain step too large (model.gen_attack.step_size="
-        f"{pl_module.gen_attack['step_size']}, chain length T={pl_module.gen_steps}); "
+        f"{pl_module.objective.chain.step_size}, chain length T={pl_module.gen_steps}); "
         f"(3) learning rate too high (stage {pl_module.stage} lr={lr:.3g}: "
         f"model.optimizer_stage{pl_module.stage}.lr)."
     )

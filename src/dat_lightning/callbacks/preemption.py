@@ -3,7 +3,7 @@
 * SIGTERM (sent by most schedulers and by ``kill``) and SIGUSR1 (SLURM's advance warning with
   ``#SBATCH --signal=USR1@120``) only set a flag. At the end of the current training step the
   :class:`Preemption` callback writes ``checkpoints/last.ckpt`` (atomically, see
-  :mod:`.checkpoint_io`) and stops the run with :class:`Preempted`; the CLI then exits with
+  :mod:`dat_lightning.checkpoints.writing`) and stops the run with :class:`Preempted`; the CLI then exits with
   ``128 + signal`` (143 for SIGTERM) and one line saying where the checkpoint is. On SLURM the
   job is requeued (``scontrol requeue``).
 * The signal cannot be lost: data-loader workers leave it to the training process, and a
@@ -13,35 +13,29 @@
 * The next launch of the same command finds that checkpoint: the run directory is derived from
   the command-line overrides (``outputs/<task_name>/<overrides>``, see ``conf/hydra/default.yaml``)
   and ``ckpt_path: last`` (the default) resumes from ``<run dir>/checkpoints/last.ckpt`` when it
-  exists (:func:`resolve_ckpt_path`).
+  exists (:func:`dat_lightning.cli.run_directory.resolve_ckpt_path`).
 
-The callback also checkpoints the global torch RNG state, so randomness drawn in the training
-process (e.g. a PGD random start) continues as if the run had never stopped.
+The training process's random state is checkpointed by the module itself, with or without this
+callback (:func:`dat_lightning.data.order.training_rng_state`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import signal
 import subprocess
 import threading
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from omegaconf import OmegaConf
 
-from dat_lightning.checkpoints import CheckpointError
-from dat_lightning.reliability.divergence import latest_checkpoint
-from dat_lightning.reliability.signal_watchdog import SignalWatchdog
+from dat_lightning.callbacks.signal_watchdog import SignalWatchdog
+from dat_lightning.divergence import latest_checkpoint
 
 DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1")
-MAX_RUN_DIR_NAME = 120
 
 
 class Preempted(Exception):
@@ -167,22 +161,6 @@ class Preemption(Checkpoint):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._stop_if_signalled(trainer)
 
-    # -- RNG state ------------------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"torch_rng": torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "torch_rng" in state_dict:
-            torch.set_rng_state(state_dict["torch_rng"])
-        if "cuda_rng" in state_dict and torch.cuda.is_available():
-            states = state_dict["cuda_rng"]
-            if len(states) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(states)
-
 
 def _slurm_requeue() -> None:
     job = os.environ["SLURM_JOB_ID"]
@@ -197,51 +175,3 @@ def _slurm_requeue() -> None:
         rank_zero_info(f"Preemption: requeued SLURM job {job}.")
     else:
         rank_zero_warn(f"Preemption: `scontrol requeue {job}` failed: {result.stderr.strip()}")
-
-
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
-    """The checkpoint a fit starts from.
-
-    ``None`` starts afresh; ``"last"`` resumes from ``<output_dir>/checkpoints/last.ckpt`` when
-    this run directory has one (otherwise starts afresh); any other value is a path that must
-    exist.
-    """
-    if ckpt_path is None or str(ckpt_path).lower() in ("", "none", "null"):
-        return None
-    if str(ckpt_path) == "last":
-        last = Path(output_dir) / "checkpoints" / "last.ckpt"
-        if last.is_file():
-            rank_zero_info(
-                f"Resuming from {last}, the last checkpoint of this run directory "
-                "(ckpt_path=null starts over, run_name=NAME starts a separate run)."
-            )
-            return str(last)
-        return None
-    if not Path(ckpt_path).is_file():
-        raise CheckpointError(
-            f"ckpt_path={ckpt_path} does not exist. Give the path of a Lightning checkpoint "
-            "(e.g. outputs/<task>/<run>/checkpoints/last.ckpt), `last` for this run directory's "
-            "last checkpoint, or null to start afresh."
-        )
-    return str(ckpt_path)
-
-
-def run_dir_name(run_name: str | None, override_dirname: str) -> str:
-    """The run directory's name: ``run_name`` if set, else the command-line overrides.
-
-    The same command therefore maps to the same directory, where ``ckpt_path: last`` finds the
-    checkpoint of an interrupted launch. Characters that would nest folders are replaced, and long
-    names are shortened with a hash that keeps them unique.
-    """
-    name = str(run_name) if run_name not in (None, "") else (override_dirname or "default")
-    name = re.sub(r"[^A-Za-z0-9=,+._@-]", "_", name)
-    if len(name) > MAX_RUN_DIR_NAME:
-        digest = hashlib.sha1(name.encode()).hexdigest()[:12]
-        name = f"{name[: MAX_RUN_DIR_NAME - 13]}-{digest}"
-    return name
-
-
-def register_run_dir_resolver() -> None:
-    """``${run_dir_name:${run_name},${hydra.job.override_dirname}}`` for ``hydra.run.dir``."""
-    if not OmegaConf.has_resolver("run_dir_name"):
-        OmegaConf.register_new_resolver("run_dir_name", run_dir_name)

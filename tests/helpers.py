@@ -219,3 +219,24 @@ def run_cli(args: Sequence[str], cwd: Path, env: dict[str, str] | None = None, t
 
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env or cli_env(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+# -- small pieces of a training step ---------------------------------------------------------------
+
+
+def tiny_module(tmp_path: Path, *overrides: str):
+    """The tiny default run's DATModule (stage one for one epoch), built from its config."""
+    import hydra
+
+    return hydra.utils.instantiate(compose_config(tmp_path, ["stage1_epochs=1", *overrides]).model)
+
+
+def fake_images(n: int, seed: int, channels: int = 1, size: int = 28, classes: int = 10):
+    """``(images in [0, 1], labels)`` from a seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, channels, size, size, generator=g), torch.randint(classes, (n,), generator=g)
+
+
+def grads(net: torch.nn.Module) -> list:
+    """Copies of every parameter's gradient (None where there is none)."""
+    return [None if p.grad is None else p.grad.clone() for p in net.parameters()]

@@ -17,8 +17,7 @@ from dat_lightning.data.datasets import DatasetNotFoundError
 from helpers import compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
-BIG = ["cifar10_wrn34", "cifar100_wrn34", "rimagenet_resnet50", "imagenet256_resnet50",
-       "imagenet256_convnext"]
+BIG = [name for name in EXPERIMENTS if name != "fmnist_dat"]  # the GPU-sized ones
 
 # The authors' numbers (docs/algorithm.md, "The authors' settings"), per experiment:
 # config key -> value.
@@ -86,9 +85,8 @@ def compose_experiment(tmp_path, name, *overrides):
     return compose_config(tmp_path, [f"+experiment={name}", *overrides], tiny=False)
 
 
-def test_the_experiment_list_is_the_papers():
-    assert set(EXPERIMENTS) == {"fmnist_dat", *BIG}
-    assert set(AUTHORS) == set(BIG)
+def test_every_gpu_experiment_has_the_authors_numbers_recorded_here():
+    assert set(AUTHORS) == set(BIG)  # a new experiment needs its paper numbers below
 
 
 @pytest.mark.parametrize("name", BIG)

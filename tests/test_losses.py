@@ -4,7 +4,6 @@ of a real module against the plain-PyTorch computation from the public attack an
 import copy
 import itertools
 
-import hydra
 import torch
 import torch.nn.functional as F
 
@@ -13,21 +12,7 @@ from dat_lightning.batchnorm import freeze_batchnorm
 from dat_lightning.energy import marginal_energy
 from dat_lightning.losses import bce_energy_loss, conditional_auc
 from dat_lightning.sampling import pgd_sample
-from helpers import compose_config
-
-
-def tiny_module(tmp_path, *overrides):
-    cfg = compose_config(tmp_path, ["stage1_epochs=1", *overrides])
-    return hydra.utils.instantiate(cfg.model)
-
-
-def fake_images(n, seed, channels=1, size=28, classes=10):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, channels, size, size, generator=g), torch.randint(classes, (n,), generator=g)
-
-
-def grads(net):
-    return [None if p.grad is None else p.grad.clone() for p in net.parameters()]
+from helpers import fake_images, grads, tiny_module
 
 
 def test_bce_is_mean_of_softplus_energies():

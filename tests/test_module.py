@@ -8,21 +8,7 @@ import torch
 
 from dat_lightning.batchnorm import freeze_batchnorm
 from dat_lightning.checkpoints import read_checkpoint
-from helpers import compose_config, two_stage_run
-
-
-def tiny_module(tmp_path, *overrides):
-    cfg = compose_config(tmp_path, ["stage1_epochs=1", *overrides])
-    return hydra.utils.instantiate(cfg.model)
-
-
-def fake_images(n, seed, channels=1, size=28, classes=10):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, channels, size, size, generator=g), torch.randint(classes, (n,), generator=g)
-
-
-def grads(net):
-    return [None if p.grad is None else p.grad.clone() for p in net.parameters()]
+from helpers import compose_config, tiny_module, two_stage_run
 
 
 def test_stage_two_refuses_training_batchnorm_and_a_missing_curriculum(tmp_path):

@@ -119,26 +119,26 @@ def test_network_arguments_that_would_read_or_fetch_weights_are_refused(clean_ck
         _refused(lambda p=path: dat_lightning.load_classifier(p), marker, key)
 
 
+def cli_refuses(cli, config_name: str, settings: list[str], place: str, attack: str, clean_ckpt: Path,
+                tmp_path: Path) -> None:
+    """``cli.run`` on a checkpoint whose config node at ``place`` is ``attack``: refused, no marker."""
+    marker = tmp_path / "PWNED"
+    path = poisoned(clean_ckpt, tmp_path / "evil.ckpt", **{place: attack_node(attack, marker)})
+    cfg = compose_config(tmp_path / "out", [f"ckpt={path}", *settings], config_name=config_name)
+    _refused(lambda: cli.run(cfg), marker, "model.net._target_" if place == "model__net" else place.replace("__", "."))
+
+
 @pytest.mark.parametrize("place", ["model__net", "data__ood"])
 @pytest.mark.parametrize("attack", ATTACKS)
 def test_sample_never_builds_a_stored_target(attack, place, clean_ckpt, tmp_path):
-    marker = tmp_path / "PWNED"
-    path = poisoned(clean_ckpt, tmp_path / "evil.ckpt", **{place: attack_node(attack, marker)})
-    cfg = compose_config(tmp_path / "out", [f"ckpt={path}", "sampling.num_samples=10", "sampling.seeds=ood"],
-                         config_name="sample")
-    key = place.replace("__", ".") + (".net._target_" if place == "model__net" else "")
-    _refused(lambda: sample.run(cfg), marker, "model.net._target_" if place == "model__net" else key)
+    cli_refuses(sample, "sample", ["sampling.num_samples=10", "sampling.seeds=ood"], place, attack, clean_ckpt,
+                tmp_path)
 
 
 @pytest.mark.parametrize("place", ["model__net", "data", "data__val_set", "data__ood"])
 @pytest.mark.parametrize("attack", ATTACKS)
 def test_evaluate_never_builds_a_stored_target(attack, place, clean_ckpt, tmp_path):
-    marker = tmp_path / "PWNED"
-    path = poisoned(clean_ckpt, tmp_path / "evil.ckpt", **{place: attack_node(attack, marker)})
-    cfg = compose_config(tmp_path / "out", [f"ckpt={path}", "metrics=[clean]", "test_size=8"],
-                         config_name="evaluate")
-    _refused(lambda: evaluate.run(cfg), marker,
-             "model.net._target_" if place == "model__net" else place.replace("__", "."))
+    cli_refuses(evaluate, "evaluate", ["metrics=[clean]", "test_size=8"], place, attack, clean_ckpt, tmp_path)
 
 
 @pytest.mark.parametrize("module", ["dat_lightning.sample", "dat_lightning.evaluate"])

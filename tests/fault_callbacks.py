@@ -46,3 +46,18 @@ class NaNLogitsFromTheLastStep(Callback):
                 average = getattr(cb, "_average_model", None)
                 if average is not None:
                     self._poison(average.module.net)
+
+
+class SignalAtStep(Callback):
+    """Send ``DAT_TEST_SIGNAL`` (a signal name) to this process at the end of global step
+    ``DAT_TEST_SIGNAL_STEP``, as a scheduler would: both from the environment, so that a relaunch
+    of the same command (without them) runs the same config and sends nothing."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import os
+        import signal
+
+        name, step = os.environ.get("DAT_TEST_SIGNAL"), os.environ.get("DAT_TEST_SIGNAL_STEP")
+        if name and step and trainer.global_step == int(step):
+            print(f"sending {name} at step {step}", flush=True)
+            os.kill(os.getpid(), getattr(signal, name))

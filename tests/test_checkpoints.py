@@ -133,10 +133,10 @@ def test_a_write_that_dies_midway_leaves_the_previous_checkpoint(tmp_path, monke
     assert int(AtomicCheckpointIO().load_checkpoint(path)["step"]) == 3
 
 
-@pytest.mark.parametrize("trainer", ["fmnist_cpu", "cpu", "gpu", "ddp"])
+@pytest.mark.parametrize("trainer", ["fmnist_cpu", "cpu", "gpu", "ddp", "slurm"])
 def test_every_trainer_config_writes_atomically(tmp_path, trainer):
-    import hydra
+    from dat_lightning.cli.instantiate import instantiate_all
 
     cfg = compose_config(tmp_path, [f"trainer={trainer}"])
-    plugins = [hydra.utils.instantiate(p) for p in cfg.trainer.plugins]
+    plugins = instantiate_all(cfg.trainer.plugins)  # what make_trainer hands the Trainer
     assert any(isinstance(p, AtomicCheckpointIO) for p in plugins)

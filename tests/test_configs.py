@@ -10,8 +10,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from dat_lightning.cli.instantiate import instantiate_all
-from dat_lightning.cli.train import build
+from dat_lightning.cli.train import build, make_trainer
 from dat_lightning.config import CONFIG_DIR
 from dat_lightning.data.datasets import DatasetNotFoundError
 from helpers import compose_config
@@ -138,9 +137,7 @@ def test_experiment_instantiates_data_trainer_and_callbacks(name, tmp_path, monk
             hydra.utils.instantiate(cfg.data)
         assert isinstance(err.value.__cause__ or err.value, (DatasetNotFoundError, FileNotFoundError))
         assert "no_data_here" in str(err.value)
-        callbacks = instantiate_all(cfg.callbacks)
-        trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks,
-                                          logger=instantiate_all(cfg.logger))
+        trainer = make_trainer(cfg)
     assert trainer.max_epochs == cfg.stage1_epochs + cfg.stage2_epochs
     assert not trainer.validate_loop.inference_mode  # robust validation needs gradients
     if cfg.trainer.get("strategy") == "ddp":
@@ -168,8 +165,7 @@ def one_training_step(tmp_path, name, size, batch_size=2, *overrides):
     torch.save(net.state_dict(), init)
     module = hydra.utils.instantiate(cfg.model, net=net)
     init.unlink()
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_all(cfg.callbacks),
-                                      logger=instantiate_all(cfg.logger))
+    trainer = make_trainer(cfg)
     k, c = cfg.data.num_classes, cfg.data.channels
     g = torch.Generator().manual_seed(0)
 

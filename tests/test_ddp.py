@@ -131,9 +131,7 @@ def check_ranks_agree(ranks: list[dict]) -> None:
     assert "backbone.conv1.weight" in changed and "backbone.bn1.running_mean" in changed
 
 
-def test_slurm_configs_hand_requeueing_to_lightning(tmp_path):
-    import signal
-
+def test_slurm_configs_leave_requeueing_to_the_preemption_callback(tmp_path):
     import hydra
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -155,10 +153,13 @@ def test_slurm_configs_hand_requeueing_to_lightning(tmp_path):
         "python -m dat_lightning.train", tmp_path, nodes=launcher["nodes"],
         ntasks_per_node=launcher["tasks_per_node"], gpus_per_node=launcher["gpus_per_node"],
         signal_delay_s=launcher["signal_delay_s"], additional_parameters=launcher["additional_parameters"])
-    # SLURM warns with the signal Lightning's SLURM environment listens to (not submitit's USR2).
+    # SLURM warns with the signal the Preemption callback listens to (not submitit's USR2) ...
     assert "#SBATCH --signal=USR1@120" in script and "USR2" not in script
-    environment = hydra.utils.instantiate(cfg.trainer.plugins[0])
-    assert environment.auto_requeue and environment.requeue_signal == signal.SIGUSR1
+    assert "SIGUSR1" in cfg.callbacks.preemption.signals and cfg.callbacks.preemption.slurm_requeue
+    # ... and Lightning's SLURM environment gives the ranks but installs no requeue handler of its own
+    environment = hydra.utils.instantiate(cfg.trainer.plugins.environment)
+    assert not environment.auto_requeue
+    assert cfg.trainer.plugins.checkpoint_io._target_.endswith("AtomicCheckpointIO")
 
 
 def test_shards_partition_the_samples_at_class_boundaries():

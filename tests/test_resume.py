@@ -185,3 +185,19 @@ def test_stage_one_checkpoint_does_not_depend_on_the_stage_two_length(tmp_path):
     for a, b in ((ema_a, ema_b), (raw_a, raw_b)):
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rank_shares_interleave_one_global_order_and_resume_on_the_same_items():
+    """Under DDP each rank takes ``order[rank::W]`` of the stream's one order (not reshuffled, as
+    Lightning's sampler wrapper would), so a resumed rank continues exactly with its own items."""
+    def share(rank: int, world: int = 3) -> SeededRandomSampler:
+        return SeededRandomSampler(50, seed=3, stream=1, with_seeds=True, num_replicas=world, rank=rank)
+
+    order = list(share(0, world=1))
+    shares = [list(share(r)) for r in range(3)]
+    assert [len(share(r)) for r in range(3)] == [16, 16, 16] and [len(s) for s in shares] == [16, 16, 16]
+    assert all(shares[r] == order[r:48:3] for r in range(3))  # the tail (50 % 3 items) is cut
+    for r in range(3):  # two batches of 4 per rank done: 24 items of the global order consumed
+        resumed = share(r)
+        resumed.skip_once(0, 2 * 4 * 3)
+        assert list(resumed) == shares[r][8:]

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-# The repository's conf/ (editable install); DAT_CONFIG_DIR points elsewhere if needed.
-CONFIG_DIR = Path(os.environ.get("DAT_CONFIG_DIR", Path(__file__).resolve().parents[2] / "conf"))
+# The Hydra configs ship inside the package (pip installs them with it). A user's own configs join
+# them through Hydra's search path: --config-dir DIR or hydra.searchpath=[file://DIR].
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 
 
 MAX_RUN_DIR_NAME = 120

@@ -50,7 +50,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint IO: atomic writes, ``weights_only=True`` reads with clear errors.
 
-    Configured in ``conf/trainer/default.yaml`` (``plugins``). Every checkpoint the trainer
+    Configured in ``conf/trainer/default.yaml`` (``plugins.checkpoint_io``, kept by every trainer config). Every checkpoint the trainer
     writes (``last.ckpt``, ``stage1.ckpt``, best-FID, the preemption save) goes through
     :func:`atomic_torch_save`; every checkpoint it resumes from goes through
     :func:`~dat_lightning.checkpoints.read_checkpoint`, which refuses pickles that need more

@@ -35,10 +35,18 @@ def build(cfg: DictConfig) -> tuple[Any, Any, Trainer]:
     module = hydra.utils.instantiate(cfg.model)
     check_model_fits_data(module.net, datamodule)
     module.experiment_config = OmegaConf.to_container(cfg, resolve=True)
+    return datamodule, module, make_trainer(cfg)
+
+
+def make_trainer(cfg: DictConfig) -> Trainer:
+    """The Trainer of a config with its callbacks, loggers and plugins (named in the config so
+    that configs add to them; the Trainer takes their values as lists)."""
     callbacks: list[Callback] = instantiate_all(cfg.get("callbacks"))
     loggers = make_loggers(cfg.get("logger"))
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    return datamodule, module, trainer
+    plugins = instantiate_all(cfg.trainer.get("plugins"))
+    node = OmegaConf.to_container(cfg.trainer, resolve=True)
+    node.pop("plugins", None)  # a mapping in the config, a list for the Trainer
+    return hydra.utils.instantiate(node, callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -6,8 +6,8 @@ real images with mild augmentation, ``ood`` = ``x0`` seeds for the generative ch
 
 Data order: each stream has its own :class:`SeededRandomSampler`, whose order is a pure function
 of ``(seed, stream, epoch)``; Lightning calls ``set_epoch`` on it at every epoch start. Under DDP
-Lightning wraps it in its ``DistributedSamplerWrapper``, which forwards ``set_epoch`` and shards
-the order, so the composed order stays deterministic.
+every rank takes its interleaved share of that one order (the datamodule shards, not Lightning,
+whose wrapper would reshuffle it and break exact resume), and evaluation splits are sharded in order.
 
 Epoch length: every stream yields ``len(train_set) // B`` batches. Generated OOD sources (with a
 ``generated`` attribute and ``length=None``) get ``length = len(train_set)`` in :meth:`setup`; any
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from dat_lightning.data.faults import SkipCorrupt, check_policy, ignore_preemption_signals
 from dat_lightning.data.order import (
@@ -271,14 +271,27 @@ class DATDataModule(pl.LightningDataModule):
             ),
         )
 
+    def _ranks(self) -> tuple[int, int]:
+        """``(world size, global rank)`` of the trainer this datamodule feeds (1, 0 alone)."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
     def stream_sampler(self, stream: str) -> SeededRandomSampler:
-        """The sampler of a training stream (``"clf"``, ``"gen"`` or ``"ood"``)."""
+        """The sampler of a training stream (``"clf"``, ``"gen"`` or ``"ood"``): this rank's share
+        of the stream's global order."""
         stream_id = STREAM_IDS[stream]
-        if stream == "ood":
-            return SeededRandomSampler(
-                len(self.ood), self.seed, stream_id, len(self.train_set), with_seeds=True
-            )
-        return SeededRandomSampler(len(self.train_set), self.seed, stream_id, with_seeds=True)
+        world, rank = self._ranks()
+        n_items = len(self.ood) if stream == "ood" else len(self.train_set)
+        return SeededRandomSampler(n_items, self.seed, stream_id, len(self.train_set), with_seeds=True,
+                                   num_replicas=world, rank=rank)
+
+    def _eval_sampler(self, dataset: Dataset) -> Sampler | None:
+        """Under DDP, this rank's share of an evaluation split, in order (Lightning's own
+        sharding is off: see :class:`~dat_lightning.data.order.SeededRandomSampler`)."""
+        world, rank = self._ranks()
+        if world == 1:
+            return None
+        return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
 
     @property
     def corrupt_images_skipped(self) -> int:
@@ -308,7 +321,7 @@ class DATDataModule(pl.LightningDataModule):
             return
         epoch, batches = self._resume
         self._resume = None
-        world_size = self.trainer.world_size if self.trainer is not None else 1
+        world_size, _ = self._ranks()
         for sampler in samplers:
             # Set now, not only by Lightning's set_epoch: worker processes draw the first
             # indices as soon as the loader's iterator is created.
@@ -364,10 +377,11 @@ class DATDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         """``(x, y)`` over the first/spread ``val_size`` test images, in order."""
         self.setup("validate")
-        subset = Subset(self.val_set, self.val_indices())
-        return self._loader(TransformedDataset(subset, self.val_transform), None, False, 3)
+        dataset = TransformedDataset(Subset(self.val_set, self.val_indices()), self.val_transform)
+        return self._loader(dataset, self._eval_sampler(dataset), False, 3)
 
     def test_dataloader(self) -> DataLoader:
         """``(x, y)`` over the full test split, in order."""
         self.setup("test")
-        return self._loader(TransformedDataset(self.val_set, self.val_transform), None, False, 4)
+        dataset = TransformedDataset(self.val_set, self.val_transform)
+        return self._loader(dataset, self._eval_sampler(dataset), False, 4)

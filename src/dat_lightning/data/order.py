@@ -54,13 +54,18 @@ class SeededRandomSampler(Sampler[int]):
         num_samples: indices per epoch (default ``num_items``). Fewer than ``num_items``: a random
             subset without replacement (with replacement above ``MAX_PERMUTATION_SIZE`` items);
             more: concatenated independent permutations.
-        with_seeds: yield ``(index, augmentation seed)`` pairs, for
-            :class:`~dat_lightning.data.order.SeededItems` (exact resume).
+        with_seeds: yield ``(index, augmentation seed)`` pairs, for :class:`SeededItems`
+            (exact resume).
+        num_replicas, rank: under DDP every rank takes the interleaved share ``order[rank::W]``
+            of one global order (its tail cut to a multiple of ``W``), as Lightning's
+            DistributedSampler would, but without reshuffling it: the order stays this class's, so
+            an interrupted run resumes on the same items. (The trainers run with
+            ``use_distributed_sampler: false`` for that reason.)
     """
 
     def __init__(
         self, num_items: int, seed: int = 0, stream: int = 0, num_samples: int | None = None,
-        with_seeds: bool = False,
+        with_seeds: bool = False, num_replicas: int = 1, rank: int = 0,
     ):
         if num_items <= 0:
             raise ValueError(f"cannot sample from an empty dataset (num_items={num_items})")
@@ -70,10 +75,14 @@ class SeededRandomSampler(Sampler[int]):
         self.num_samples = self.num_items if num_samples is None else int(num_samples)
         self.epoch = 0
         self.with_seeds = with_seeds
+        if not 0 <= int(rank) < int(num_replicas):
+            raise ValueError(f"rank must be in [0, num_replicas), got rank={rank}, num_replicas={num_replicas}")
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
         self._skip: tuple[int, int] | None = None
 
     def skip_once(self, epoch: int, count: int) -> None:
-        """Drop the first ``count`` items the next time ``epoch`` is iterated (resume mid-epoch)."""
+        """Drop the first ``count`` items of the global order (all ranks' items) the next time
+        ``epoch`` is iterated (resume mid-epoch)."""
         self._skip = (int(epoch), int(count))
 
     def set_epoch(self, epoch: int) -> None:
@@ -104,13 +113,15 @@ class SeededRandomSampler(Sampler[int]):
         items: Iterator = iter(self.epoch_indices().tolist())
         if self.with_seeds:
             items = zip(items, self.item_seeds().tolist(), strict=True)
+        usable = self.num_samples - self.num_samples % self.num_replicas
+        start = 0
         skip, self._skip = self._skip, None  # a pending skip applies to the next iteration only
         if skip is not None and skip[0] == self.epoch:
-            items = itertools.islice(items, skip[1], None)
-        return items
+            start = skip[1]
+        return itertools.islice(items, start + self.rank, usable, self.num_replicas)
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.num_samples // self.num_replicas
 
 
 class SeededItems(Dataset):

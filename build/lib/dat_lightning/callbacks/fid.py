@@ -1,0 +1,147 @@
+"""FID of class-conditional samples during training (torchmetrics, pluggable extractor)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+
+from dat_lightning.callbacks.ema import evaluation_net
+from dat_lightning.callbacks.protocol import staged
+from dat_lightning.energy import marginal_energy
+from dat_lightning.generation import generate_batches
+from dat_lightning.metrics.fid import NonFiniteFeatures, checked_fid, fill_real_statistics, make_fid
+from dat_lightning.metrics.quality import real_images, statistics_cache
+
+_FAKE_STATES = ("fake_features_sum", "fake_features_cov_sum", "fake_features_num_samples")
+
+
+def shard_range(num_samples: int, rank: int, world_size: int, multiple: int) -> range:
+    """Rank ``rank``'s contiguous share of the sample indices ``0 .. num_samples-1``.
+
+    Shards start at multiples of ``multiple`` (the number of classes), so the labels ``i % K`` of a
+    shard equal its local ``j % K``; the shards of all ranks partition the indices exactly.
+    """
+    per_rank = math.ceil(num_samples / (world_size * multiple)) * multiple
+    start = min(num_samples, rank * per_rank)
+    return range(start, min(num_samples, start + per_rank))
+
+
+class FIDCallback(Callback):
+    """Every ``every_n_epochs`` epochs, FID of ``num_samples`` class-balanced samples against
+    ``num_real`` training images (statistics computed once, cached under ``cache_dir``).
+
+    The logged key names the extractor (``fid_<extractor>``), because an offline extractor's
+    FID is not Inception FID and must never be reported as one. With ``best_ckpt_path`` set,
+    each new lowest FID rewrites that checkpoint (the paper keeps the best-FID model); the best
+    value is part of the callback state, so it survives a resume.
+
+    Next to the FID it logs ``val/energy_samples``, the mean marginal energy of the same
+    samples, to read against ``val/energy`` (real images): test-time samples far below the real
+    energy mean the chain runs where stage two's loss never looked (a training chain much
+    shorter than the sampling chain).
+    """
+
+    def __init__(self, extractor: nn.Module, step_size: float, steps: int, num_samples: int = 1000,
+                 num_real: int = 5000, every_n_epochs: int = 1, batch_size: int = 250,
+                 cache_dir: str | None = None, stage2_only: bool = True,
+                 best_ckpt_path: str | None = None) -> None:
+        self.extractor = extractor
+        self.step_size = step_size
+        self.steps = steps
+        self.num_samples = num_samples
+        self.num_real = num_real
+        self.every_n_epochs = every_n_epochs
+        self.batch_size = batch_size
+        self.cache_dir = cache_dir
+        self.stage2_only = stage2_only
+        self.best_ckpt_path = best_ckpt_path
+        self.best_value = float("inf")
+        self.metric_name = f"fid_{getattr(extractor, 'name', type(extractor).__name__)}"
+        self._fid = None
+        self.last_value: float | None = None
+        self.last_sample_energy: float | None = None
+
+    def _real_batches(self, trainer: Trainer):
+        return (x for x, _ in real_images(trainer.datamodule, self.num_real, self.batch_size))
+
+    def _cache_file(self, trainer: Trainer) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        name = getattr(trainer.datamodule, "name", type(trainer.datamodule).__name__)
+        extractor = self.metric_name.removeprefix("fid_")
+        return statistics_cache(self.cache_dir, name, "train", extractor, self.num_real)
+
+    def compute(self, trainer: Trainer, pl_module: LightningModule, num_samples: int | None = None,
+                progress: bool = False, distributed: bool = False) -> float:
+        """FID of ``num_samples`` samples (labels ``i % K``, seeds ``ood[10_000 + i]``).
+
+        ``distributed=True`` must be called on every rank at once: each rank generates its
+        :func:`shard_range` of the samples and the feature statistics are summed over ranks, so
+        every rank gets the FID of all samples. Otherwise this process generates them all.
+        """
+        distributed = distributed and trainer.world_size > 1
+        if self._fid is None:
+            # Statistics are reduced explicitly below: torchmetrics' own sync would also sum the
+            # real statistics that every rank holds in full.
+            self._fid = make_fid(self.extractor, sync_on_compute=False).to(pl_module.device)
+            # Rank 0 first, so the other ranks read its cache instead of racing to write it.
+            if distributed and not trainer.is_global_zero:
+                trainer.strategy.barrier("fid_real_statistics")
+            fill_real_statistics(self._fid, self._real_batches(trainer), self._cache_file(trainer))
+            if distributed and trainer.is_global_zero:
+                trainer.strategy.barrier("fid_real_statistics")
+        self._fid.reset()
+        net = evaluation_net(trainer, pl_module)
+        k = pl_module.net.num_classes
+        total = num_samples or self.num_samples
+        share = shard_range(total, trainer.global_rank, trainer.world_size, k) if distributed else range(total)
+        energy_sum = 0.0
+        # Seeds start past the sample grid's, over the whole seed source.
+        for x, _ in generate_batches(net, trainer.datamodule.ood, len(share), k,
+                                     step_size=self.step_size, steps=self.steps,
+                                     batch_size=self.batch_size, seed_offset=10_000 + share.start,
+                                     progress=progress):
+            x = x.to(pl_module.device)
+            self._fid.update(x, real=False)
+            with torch.no_grad():  # net is in eval mode while generate_batches yields
+                energy_sum += float(marginal_energy(net(x)).sum())
+        if distributed:
+            for name in _FAKE_STATES:
+                state = getattr(self._fid, name)
+                state.copy_(trainer.strategy.reduce(state.clone(), reduce_op="sum"))
+            energy_sum = float(trainer.strategy.reduce(torch.tensor(energy_sum, device=pl_module.device),
+                                                       reduce_op="sum"))
+        self.last_sample_energy = energy_sum / total
+        value = checked_fid(self._fid, f"{self.metric_name} at epoch {trainer.current_epoch}")
+        self.last_value = value
+        return value
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        if self.stage2_only and staged(pl_module).stage != 2:
+            return
+        try:
+            value = self.compute(trainer, pl_module, distributed=True)
+        except NonFiniteFeatures as err:  # every rank sees the same reduced statistics
+            rank_zero_warn(f"{err} The measurement is skipped (no {self.metric_name} logged, the best-FID "
+                           "checkpoint kept); training goes on under the divergence guard.")
+            self.last_value = None
+            return
+        pl_module.log(self.metric_name, torch.tensor(value), prog_bar=True, sync_dist=False)
+        pl_module.log("val/energy_samples", torch.tensor(self.last_sample_energy), sync_dist=False)
+        if value < self.best_value:
+            self.best_value = value
+            if self.best_ckpt_path:
+                trainer.save_checkpoint(self.best_ckpt_path, weights_only=False)  # resumable: full state
+
+    def state_dict(self) -> dict:
+        return {"best_value": self.best_value}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best_value = float(state_dict["best_value"])

@@ -1,0 +1,82 @@
+"""Data loading that survives trouble: unreadable images, and signals meant for the training process.
+
+Unreadable images fail with the file's path, or are skipped and counted (``data.on_corrupt_image``).
+
+Dataset readers raise :class:`~dat_lightning.data.datasets.CorruptImageError` naming the file.
+In a DataLoader worker that error travels to the training process, which re-raises it with the
+worker's traceback (the path included); nothing hangs. With ``skip`` the item is replaced by the
+next readable one (deterministically, so a resumed run sees the same replacement), a warning names
+the file, and a counter shared by all workers counts the skips.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from dat_lightning.data.datasets import CorruptImageError
+
+log = logging.getLogger(__name__)
+
+CORRUPT_IMAGE_POLICIES = ("fail", "skip")
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+def ignore_preemption_signals(worker_id: int = 0) -> None:
+    """``worker_init_fn`` of every DataLoader: SIGTERM and SIGUSR1 are the training process's.
+
+    The worker also drops the wakeup socket it inherited at fork, so nothing it receives is
+    mistaken for a signal to the training process.
+    """
+    for signum in PREEMPTION_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.set_wakeup_fd(-1)
+
+
+def check_policy(policy: str) -> str:
+    if policy not in CORRUPT_IMAGE_POLICIES:
+        raise ValueError(f"data.on_corrupt_image must be one of {CORRUPT_IMAGE_POLICIES}, got {policy!r}")
+    return policy
+
+
+class SkipCorrupt(Dataset):
+    """Items of ``dataset``; an unreadable one is replaced by the next index's item.
+
+    Keys are ints or ``(index, seed)`` pairs (:class:`~.resumable_data.SeededItems`). After
+    ``max_consecutive`` unreadable images in a row the error is raised after all: that is a broken
+    folder, not a few bad files.
+    """
+
+    def __init__(self, dataset: Dataset, max_consecutive: int = 16) -> None:
+        self.dataset = dataset
+        self.max_consecutive = max_consecutive
+        # Shared memory: workers increment it, the training process reads it.
+        self.skipped = multiprocessing.Value("q", 0)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def num_skipped(self) -> int:
+        return int(self.skipped.value)
+
+    def __getitem__(self, key: int | tuple[int, Any]) -> Any:
+        index, rest = (key, None) if isinstance(key, int) else (key[0], key[1:])
+        last_error: CorruptImageError | None = None
+        for attempt in range(self.max_consecutive):
+            current = (index + attempt) % len(self)
+            try:
+                return self.dataset[current if rest is None else (current, *rest)]
+            except CorruptImageError as err:
+                last_error = err
+                with self.skipped.get_lock():
+                    self.skipped.value += 1
+                    count = self.skipped.value
+                log.warning("Skipped an unreadable image (data.on_corrupt_image=skip, %d so far): %s", count, err)
+        raise CorruptImageError(
+            f"{self.max_consecutive} consecutive unreadable images from index {index} on, the last: "
+            f"{last_error}. Check the dataset folder, or re-extract it."
+        ) from last_error

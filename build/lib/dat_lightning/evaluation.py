@@ -1,0 +1,260 @@
+"""The evaluation suite (paper's protocols, ``docs/algorithm.md``): every number ``evaluate`` reports.
+
+One :class:`Evaluation` per checkpoint holds what its metrics share (the classifier, the data,
+the test logits, the feature extractor, the real images' features) and computes each metric as
+a method named after it: ``clean`` accuracy on the test split, ``autoattack`` robust accuracy
+(pyautoattack) with its threat model, ``fid`` (FID and IS of class-balanced samples, the
+extractor's name on every score), ``counterfactual`` (class-wise FID and target confidence per
+eps, grid picture), ``ood`` (AUROC of ``max_y p(y|x)`` and ``-E(x)``, clean and adversarial),
+``calibration`` (ECE, reliability diagram).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.utils import save_image
+from tqdm.auto import tqdm
+
+from dat_lightning.checkpoints.loading import LoadedRun, build_datamodule, load_run, resolve_device
+from dat_lightning.data.datamodule import TransformedDataset
+from dat_lightning.data.faults import ignore_preemption_signals
+from dat_lightning.data.generated import UniformNoise
+from dat_lightning.generation import (
+    SamplingSettings,
+    draw_samples,
+    sample_grid,
+    seed_images,
+    seed_source,
+)
+from dat_lightning.metrics import calibration, counterfactual, ood, robustness
+from dat_lightning.metrics.extractors import build_feature_extractor
+from dat_lightning.metrics.quality import (
+    classwise_fid,
+    extractor_name,
+    real_features,
+    real_images,
+    sample_quality,
+    statistics_cache,
+)
+
+
+class Evaluation:
+    """State shared by the metrics of one run: model, data, test predictions, the extractor."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.run: LoadedRun = load_run(cfg.ckpt, ema=bool(cfg.ema), config=cfg.get("config"),
+                                       format=cfg.get("format", "auto"))
+        self.net: nn.Module = self.run.net.to(self.device)
+        self.num_classes = int(self.net.num_classes)
+        self.dm = build_datamodule(self.run, cfg.get("data_overrides"), batch_size=int(cfg.batch_size),
+                                   num_workers=int(cfg.num_workers))
+        self.out_dir = Path(cfg.paths.output_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.pictures: dict[str, Path] = {}
+        self._test: tuple[Tensor, Tensor] | None = None
+        self._extractor: nn.Module | None = None
+        self._real: tuple[Tensor, Tensor] | None = None
+
+    # -- shared pieces -----------------------------------------------------------------------
+    def test_set(self, n: int | None = None) -> Dataset:
+        """The first ``n`` images of the test split (all when None), ``(x, y)`` in [0, 1]."""
+        total = len(self.dm.val_set)
+        indices = range(total if n is None else min(int(n), total))
+        return TransformedDataset(Subset(self.dm.val_set, indices), self.dm.val_transform)
+
+    def first_test_images(self, n: int) -> tuple[Tensor, Tensor]:
+        loader = DataLoader(self.test_set(n), batch_size=int(self.cfg.batch_size), num_workers=0)
+        xs, ys = zip(*loader, strict=True)
+        return torch.cat(xs), torch.cat(ys)
+
+    def test_logits(self) -> tuple[Tensor, Tensor]:
+        """Logits and labels over the test split (``test_size`` images; null = all), computed once."""
+        if self._test is None:
+            loader = DataLoader(self.test_set(self.cfg.test_size), batch_size=int(self.cfg.batch_size),
+                                num_workers=int(self.cfg.num_workers), worker_init_fn=ignore_preemption_signals)
+            logits, labels = [], []
+            with torch.no_grad():
+                for x, y in tqdm(loader, desc="test split", leave=False):
+                    logits.append(self.net(x.to(self.device)).float().cpu())
+                    labels.append(y)
+            self._test = torch.cat(logits), torch.cat(labels)
+        return self._test
+
+    def extractor(self) -> nn.Module:
+        if self._extractor is None:
+            self._extractor = build_feature_extractor(self.cfg.fid).to(self.device)
+        return self._extractor
+
+    def real_features(self) -> tuple[Tensor, Tensor]:
+        """Extractor features and labels of the ``fid.num_real`` real train images (cached file),
+        shared by FID and the class-wise FID of counterfactuals."""
+        if self._real is None:
+            loader = real_images(self.dm, self.cfg.fid.num_real, self.cfg.fid.batch_size)
+            n_real = len(loader.dataset)
+            cache = statistics_cache(self.cfg.fid.get("cache_dir"), self.dm.name, "train",
+                                     extractor_name(self.extractor()), n_real, kind="features")
+            cached = cache is not None and cache.is_file()
+            status = (f"cached in {cache}" if cached else f"computing (cache file {cache})" if cache
+                      else "computing (fid.cache_dir is null: not cached)")
+            print(f"[evaluate] real-image features of {n_real} train images: {status}", flush=True)
+            batches = loader if cached else tqdm(loader, desc="real features", leave=False)
+            self._real = real_features(self.extractor(), batches, cache)
+        return self._real
+
+    def picture(self, key: str, path: Path) -> str:
+        self.pictures[key] = path
+        return str(path)
+
+    # -- metrics -------------------------------------------------------------------------------
+    def clean(self) -> dict[str, Any]:
+        logits, labels = self.test_logits()
+        return {"accuracy": float((logits.argmax(1) == labels).float().mean()), "n_examples": len(labels),
+                "split": "test" if self.cfg.test_size is None else f"test (first {len(labels)})"}
+
+    def calibration(self) -> dict[str, Any]:
+        logits, labels = self.test_logits()
+        n_bins = int(self.cfg.calibration.n_bins)
+        ece = calibration.expected_calibration_error(logits, labels, n_bins)
+        bins = calibration.reliability_bins(logits, labels, n_bins)
+        path = calibration.plot_reliability_diagram(bins, ece, self.out_dir / "reliability.png",
+                                                    title=self.run.path.name)
+        return {"ece": ece, "n_bins": n_bins, "n_examples": len(labels),
+                "reliability_diagram": self.picture("calibration/reliability", path)}
+
+    def autoattack(self) -> dict[str, Any]:
+        aa = self.cfg.autoattack
+        val_attack = OmegaConf.select(self.run.config, "model.val_attack") or {}
+        norm = aa.norm if aa.norm is not None else val_attack.get("norm")
+        eps = aa.eps if aa.eps is not None else val_attack.get("eps")
+        if norm is None or eps is None:
+            raise ValueError("autoattack.norm / autoattack.eps are not set and the checkpoint's config has no "
+                             "model.val_attack to take them from: give autoattack.norm=l2 autoattack.eps=0.5")
+        x, y = self.first_test_images(int(aa.n_examples))
+        return robustness.autoattack(
+            self.net, x, y, eps=float(eps), norm=norm, version=aa.version,
+            attacks=list(aa.attacks) if aa.attacks else None, n_restarts=aa.n_restarts, n_iter=aa.n_iter,
+            batch_size=int(aa.batch_size), seed=int(aa.seed))
+
+    def fid(self) -> dict[str, Any]:
+        settings = SamplingSettings.resolve(self.cfg.sampling, self.run)
+        source = seed_source(self.run, settings.seeds, settings.seed_offset + settings.num_samples)
+        x, y = draw_samples(self.net, source, settings, self.num_classes)
+        path = self.out_dir / "samples_grid.png"
+        save_image(sample_grid(x, y, self.num_classes, 10, settings.conditional), path)
+        feats, _ = self.real_features()
+        scorer = sample_quality(self.cfg.fid, self.extractor(), self.dm,
+                                torch.split(feats, int(self.cfg.fid.batch_size)))
+        scores = scorer(torch.split(x, int(self.cfg.fid.batch_size)))
+        return scores | {"sampling": asdict(settings) | {"seed_source": repr(source)},
+                         "samples_grid": self.picture("fid/samples_grid", path)}
+
+    def counterfactual(self) -> dict[str, Any]:
+        cf = self.cfg.counterfactual
+        x, y = self.first_test_images(int(cf.n_examples))
+        generator = torch.Generator().manual_seed(int(cf.seed))
+        targets = counterfactual.counterfactual_targets(y, self.num_classes, generator)
+        extractor = self.extractor()
+        name = extractor_name(extractor)
+        real_feats, real_labels = self.real_features()
+        per_eps, grid_rows, grid_conf = [], [], []
+        rows = int(cf.grid_rows)
+        for eps in [float(e) for e in cf.eps]:
+            x_cf, conf = [], []
+            for i in range(0, len(x), int(self.cfg.batch_size)):
+                xb, tb = x[i : i + int(self.cfg.batch_size)].to(self.device), targets[i : i + int(self.cfg.batch_size)]
+                xb_cf = counterfactual.counterfactuals(self.net, xb, tb, eps=eps, steps=int(cf.steps),
+                                                       step_size=cf.step_size)
+                with torch.no_grad():
+                    conf.append(counterfactual.target_confidence(self.net(xb_cf), tb).cpu())
+                x_cf.append(xb_cf.cpu())
+            x_cf, conf = torch.cat(x_cf), torch.cat(conf)
+            with torch.no_grad():
+                fake_feats = torch.cat([extractor(b.to(self.device)).float().cpu()
+                                        for b in torch.split(x_cf, int(self.cfg.fid.batch_size))])
+            by_class = classwise_fid(real_feats, real_labels, fake_feats, targets)
+            if not by_class:
+                raise ValueError(f"no target class has 2 counterfactuals to score: raise counterfactual.n_examples "
+                                 f"(now {len(x)})")
+            per_eps.append({
+                "eps": eps,
+                "mean_target_confidence": float(conf.mean()),
+                f"fid_classwise_mean_{name}": sum(by_class.values()) / len(by_class),
+                f"fid_classwise_{name}": {str(c): v for c, v in sorted(by_class.items())},
+                "classes_scored": len(by_class),
+            })
+            grid_rows.append(x_cf[:rows])
+            grid_conf.append(conf[:rows])
+        class_names = getattr(self.dm.val_set, "classes", None)
+        path = counterfactual.plot_counterfactual_grid(
+            x[:rows], grid_rows, [float(e) for e in cf.eps], y[:rows], targets[:rows],
+            self.out_dir / "counterfactuals.png", confidences=grid_conf, class_names=class_names)
+        return {"extractor": name, "n_examples": len(x), "steps": int(cf.steps),
+                "step_size": "2.5 * eps / steps" if cf.step_size is None else float(cf.step_size),
+                "targets": "(y + randint(1, K)) mod K", "norm": "L2",
+                "per_eps": {f"eps_{p['eps']:g}": p for p in per_eps},
+                "grid": self.picture("counterfactual/grid", path)}
+
+    def ood_sets(self) -> dict[str, Tensor]:
+        """The OOD images: uniform noise and every configured dataset, ``n_ood`` each."""
+        o, n = self.cfg.ood, int(self.cfg.ood.n_ood)
+        data = self.run.config.data
+        sets: dict[str, Dataset] = {}
+        if o.uniform:
+            sets["uniform"] = UniformNoise(channels=int(data.channels), size=int(data.image_size), length=n,
+                                           seed=int(self.cfg.seed))
+        for name, node in (o.datasets or {}).items():
+            dataset = hydra.utils.instantiate(node)
+            if getattr(dataset, "generated", False) and getattr(dataset, "length", 0) is None:
+                dataset.length = n
+            sets[str(name)] = dataset
+        out = {}
+        expected = (int(data.channels), int(data.image_size), int(data.image_size))
+        for name, dataset in sets.items():
+            x = seed_images(dataset, range(min(n, len(dataset))))
+            if tuple(x.shape[1:]) != expected:
+                raise ValueError(f"OOD set {name!r} gives images of shape {tuple(x.shape[1:])}, the model takes "
+                                 f"{expected}: add a transform to ood.datasets.{name}")
+            robustness.check_unit_interval(x, f"OOD set {name!r}")
+            out[name] = x
+        return out
+
+    def ood(self) -> dict[str, Any]:
+        o = self.cfg.ood
+        logits_in, _ = self.test_logits()
+        scores: dict[str, Callable[[Tensor], Tensor]] = {}
+        for s in o.scores:
+            if s not in ood.SCORES:
+                raise ValueError(f"unknown OOD score {s!r}; choose from {sorted(ood.SCORES)}")
+            scores[s] = ood.SCORES[s]
+        adv = o.adversarial
+        result: dict[str, Any] = {"n_in": len(logits_in), "threat_model": (
+            {"norm": adv.norm, "eps": float(adv.eps), "steps": int(adv.steps), "step_size": float(adv.step_size)}
+            if adv.enabled else None)}
+        bs = int(self.cfg.batch_size)
+        for name, x_out in self.ood_sets().items():
+            entry: dict[str, Any] = {"n_out": len(x_out)}
+            with torch.no_grad():
+                logits_out = torch.cat([self.net(b.to(self.device)).float().cpu() for b in torch.split(x_out, bs)])
+            for s, score in scores.items():
+                entry[s] = {"auroc": ood.auroc(score(logits_in), score(logits_out))}
+                if adv.enabled:
+                    x_adv = torch.cat([ood.adversarial_ood(self.net, b.to(self.device), score, eps=float(adv.eps),
+                                                           step_size=float(adv.step_size), steps=int(adv.steps),
+                                                           norm=adv.norm).cpu() for b in torch.split(x_out, bs)])
+                    with torch.no_grad():
+                        logits_adv = torch.cat([self.net(b.to(self.device)).float().cpu()
+                                                for b in torch.split(x_adv, bs)])
+                    entry[s]["auroc_adversarial"] = ood.auroc(score(logits_in), score(logits_adv))
+            result[name] = entry
+        return result

@@ -1,0 +1,162 @@
+"""Generation from a classifier at test time: batched class-conditional (or marginal) chains from
+a seed source, the settings they use, and what is made of the samples (grids, files, predictions).
+
+Training-time grids and FID (:mod:`dat_lightning.callbacks`), ``sample`` and ``evaluate`` all
+draw through :func:`generate_batches`: labels ``i % K``, seeds ``source[seed_offset + i]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+from torchvision.utils import make_grid, save_image
+from tqdm.auto import tqdm
+
+from dat_lightning.batchnorm import eval_mode
+from dat_lightning.checkpoints.loading import LoadedRun
+from dat_lightning.checkpoints.stored_config import build_data
+from dat_lightning.data.generated import UniformNoise
+from dat_lightning.sampling import class_balanced_labels, pgd_sample
+
+
+def seed_images(source: Dataset, indices: Sequence[int]) -> Tensor:
+    """Stack the seed images ``source[i]`` (a tensor, or the first element of a tuple)."""
+    items = [source[int(i)] for i in indices]
+    return torch.stack([item[0] if isinstance(item, (tuple, list)) else item for item in items])
+
+
+def generate_batches(
+    net: nn.Module,
+    source: Dataset,
+    num_samples: int,
+    num_classes: int,
+    *,
+    step_size: float,
+    steps: int,
+    batch_size: int = 100,
+    conditional: bool = True,
+    seed_offset: int = 0,
+    progress: bool = False,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield ``(samples, labels)`` batches: labels ``i % K`` (class-balanced), seeds
+    ``source[seed_offset + i]`` (wrapping around the source), net in eval mode throughout.
+    """
+    device = next(net.parameters()).device
+    labels = class_balanced_labels(num_samples, num_classes)
+    n_source = len(source)
+    with eval_mode(net):
+        starts = range(0, num_samples, batch_size)
+        for start in tqdm(starts, desc=f"sampling T={steps}", disable=not progress, unit="batch"):
+            idx = range(start, min(start + batch_size, num_samples))
+            x0 = seed_images(source, [(seed_offset + i) % n_source for i in idx]).to(device)
+            y = labels[start : start + len(idx)].to(device)
+            x = pgd_sample(net, x0, y if conditional else None, step_size=step_size, steps=steps)
+            yield x.cpu(), y.cpu()
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """A test-time chain (``sampling.*`` of every CLI) and the samples it draws."""
+
+    steps: int
+    step_size: float
+    num_samples: int
+    conditional: bool = True
+    seeds: str | dict = "ood"  # "ood", "uniform" or a node with _target_
+    seed_offset: int = 0
+    batch_size: int = 100
+
+    @classmethod
+    def resolve(cls, sampling: Mapping[str, Any], run: LoadedRun) -> SamplingSettings:
+        """Explicit values, else the chain the checkpoint's own config uses for its grids and FID."""
+        own = run.config.get("sampling") or {}
+        steps = sampling.get("steps") if sampling.get("steps") is not None else own.get("steps")
+        step_size = sampling.get("step_size") if sampling.get("step_size") is not None else own.get("step_size")
+        if steps is None or step_size is None:
+            raise ValueError("the checkpoint's config has no sampling.steps / sampling.step_size: give "
+                             "sampling.steps=T and sampling.step_size=S")
+        seeds = sampling.get("seeds", "ood")
+        return cls(steps=int(steps), step_size=float(step_size), num_samples=int(sampling["num_samples"]),
+                   conditional=bool(sampling.get("conditional", True)),
+                   seeds=OmegaConf.to_container(seeds) if isinstance(seeds, DictConfig) else seeds,
+                   seed_offset=int(sampling.get("seed_offset", 0)),
+                   batch_size=int(sampling.get("batch_size", 100)))
+
+
+def seed_source(run: LoadedRun, seeds: str | Mapping[str, Any], num_images: int) -> Dataset:
+    """The chain's seeds: ``"ood"`` (the checkpoint's ``data.ood``, built as stored config, see
+    :mod:`dat_lightning.checkpoints.stored_config`), ``"uniform"`` (uniform noise in the model's
+    input shape) or a node with ``_target_`` the user gave; generated sources with no length get
+    ``num_images``."""
+    data = run.config.get("data") or {}
+    if seeds == "uniform":
+        if "channels" not in data or "image_size" not in data:
+            raise ValueError("uniform seeds need data.channels and data.image_size in the checkpoint's config")
+        source = UniformNoise(channels=int(data["channels"]), size=int(data["image_size"]), length=num_images)
+    elif seeds == "ood":
+        if data.get("ood") is None:
+            raise ValueError("the checkpoint's config has no data.ood seed source: use sampling.seeds=uniform "
+                             "or a node with _target_")
+        source = build_data(run.config.data.ood, "data.ood", run.config_source, stored=run.config_stored)
+    elif isinstance(seeds, Mapping) and "_target_" in seeds:
+        source = hydra.utils.instantiate(seeds)
+    else:
+        raise ValueError(f"sampling.seeds must be 'ood', 'uniform' or a node with _target_, got {seeds!r}")
+    if getattr(source, "generated", False) and getattr(source, "length", 0) is None:
+        source.length = num_images
+    if len(source) == 0:
+        raise ValueError(f"the seed source {source!r} is empty")
+    return source
+
+
+def draw_samples(net: nn.Module, source: Dataset, settings: SamplingSettings, num_classes: int,
+                 steps: int | None = None, progress: bool = True) -> tuple[Tensor, Tensor]:
+    """All samples of ``settings`` (optionally with another chain length) as ``(x, labels i % K)``."""
+    batches = list(generate_batches(
+        net, source, settings.num_samples, num_classes, step_size=settings.step_size,
+        steps=settings.steps if steps is None else steps, batch_size=settings.batch_size,
+        conditional=settings.conditional, seed_offset=settings.seed_offset, progress=progress))
+    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+
+
+def sample_grid(x: Tensor, labels: Tensor, num_classes: int, per_class: int, conditional: bool) -> Tensor:
+    """A grid image: rows = classes (``per_class`` samples each) when conditional, else square."""
+    if conditional:
+        rows = [x[labels == c][:per_class] for c in range(num_classes)]
+        per_class = min(per_class, min(len(r) for r in rows))
+        images = torch.cat([r[:per_class] for r in rows])
+        return make_grid(images, nrow=per_class, padding=1, pad_value=1.0)
+    n = min(len(x), per_class * num_classes)
+    return make_grid(x[:n], nrow=max(1, math.isqrt(n)), padding=1, pad_value=1.0)
+
+
+def save_samples(x: Tensor, labels: Tensor | None, predicted: Tensor, out_dir: Path, npz: bool, png: bool) -> None:
+    """``samples.npz`` (uint8 images, labels, predictions) and/or one PNG per sample."""
+    if npz:
+        images = (x * 255).round().to(torch.uint8).numpy()
+        arrays = {"images": images, "predicted": predicted.numpy()}
+        if labels is not None:
+            arrays["labels"] = labels.numpy()
+        np.savez_compressed(out_dir / "samples.npz", **arrays)
+    if png:
+        folder = out_dir / "png"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(x):
+            tag = f"_class{int(labels[i])}" if labels is not None else ""
+            save_image(image, folder / f"{i:06d}{tag}.png")
+
+
+@torch.no_grad()
+def predict_classes(net: nn.Module, x: Tensor, batch_size: int = 250) -> Tensor:
+    device = next(net.parameters()).device
+    return torch.cat([net(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])

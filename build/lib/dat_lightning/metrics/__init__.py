@@ -1,0 +1,1 @@
+"""Measurements of a DAT model: sample quality, robustness, calibration, OOD detection."""

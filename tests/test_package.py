@@ -8,6 +8,7 @@ installed wheel.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -24,8 +25,12 @@ def run(args: list, cwd: Path, timeout: float = 300) -> subprocess.CompletedProc
 
 
 def test_the_built_wheel_installs_and_runs_outside_the_repository(tmp_path):
+    source = tmp_path / "source"  # setuptools builds in the source tree: keep the checkout clean
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, source / name)
     built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                 tmp_path / "dist", REPO], cwd=tmp_path)
+                 tmp_path / "dist", source], cwd=tmp_path)
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("dat_lightning-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

@@ -1,1 +1,0 @@
-"""Measurements of a DAT model: sample quality, robustness, calibration, OOD detection."""

@@ -31,11 +31,11 @@ def test_the_python_quick_start_runs(tiny_run_dir):
 
 
 def documented_commands() -> list[tuple[str, str, list[str]]]:
-    """``(document, config name, overrides)`` of every ``python -m dat_lightning.X`` line."""
+    """``(document, config name, overrides)`` of every ``python -m dat_lightning.X`` / ``dat-X`` line."""
     found = []
     for doc in DOCUMENTS:
         text = doc.read_text().replace("\\\n", " ")
-        for match in re.finditer(r"python -m dat_lightning\.(train|sample|evaluate|judge)\b([^`\n#]*)", text):
+        for match in re.finditer(r"(?:python -m dat_lightning\.|\bdat-)(train|sample|evaluate|judge)\b([^`\n#]*)", text):
             args = [a for a in shlex.split(match.group(2)) if a not in ("-m",)]
             for placeholder, value in PLACEHOLDERS.items():
                 args = [a.replace(placeholder, value) for a in args]

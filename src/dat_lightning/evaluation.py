@@ -1,4 +1,4 @@
-"""The evaluation suite (paper's protocols, ``docs/algorithm.md``): every number ``evaluate`` reports.
+"""The evaluation suite (``docs/algorithm.md``, "How it is measured"): every number ``evaluate`` reports.
 
 One :class:`Evaluation` per checkpoint holds what its metrics share (the classifier, the data,
 the test logits, the feature extractor, the real images' features) and computes each metric as
@@ -7,10 +7,15 @@ a method named after it: ``clean`` accuracy on the test split, ``autoattack`` ro
 extractor's name on every score), ``counterfactual`` (class-wise FID and target confidence per
 eps, grid picture), ``ood`` (AUROC of ``max_y p(y|x)`` and ``-E(x)``, clean and adversarial),
 ``calibration`` (ECE, reliability diagram).
+
+Over several processes (:class:`~dat_lightning.sharding.Shards`) every metric shares its work in
+fixed chunks and brings the parts together, so each process ends with the numbers one process
+alone would have computed; only the main process draws the pictures.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -24,13 +29,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
-from dat_lightning.checkpoints.loading import LoadedRun, build_datamodule, load_run, resolve_device
+from dat_lightning.checkpoints.loading import LoadedRun, build_datamodule, load_run
 from dat_lightning.data.datamodule import TransformedDataset
 from dat_lightning.data.faults import ignore_preemption_signals
 from dat_lightning.data.generated import UniformNoise
 from dat_lightning.generation import (
     SamplingSettings,
-    draw_samples,
+    draw_shard,
     sample_grid,
     seed_images,
     seed_source,
@@ -40,19 +45,31 @@ from dat_lightning.metrics.extractors import build_feature_extractor
 from dat_lightning.metrics.quality import (
     classwise_fid,
     extractor_name,
+    features_of,
     real_features,
     real_images,
     sample_quality,
     statistics_cache,
 )
+from dat_lightning.sharding import Shards
+
+GRID_PER_CLASS = 10
 
 
 class Evaluation:
-    """State shared by the metrics of one run: model, data, test predictions, the extractor."""
+    """State shared by the metrics of one run: model, data, test predictions, the extractor.
 
-    def __init__(self, cfg: DictConfig) -> None:
-        self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+    Args:
+        cfg: the ``evaluate`` config.
+        device: where the classifier runs.
+        shards: this process's share of the work (one process: all of it).
+        autocast: a context for the network's forward passes (e.g. Fabric's, for bf16).
+    """
+
+    def __init__(self, cfg: DictConfig, device: torch.device | str = "cpu", shards: Shards | None = None,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
+        self.cfg, self.device, self.autocast = cfg, torch.device(device), autocast
+        self.shards = shards or Shards()
         self.run: LoadedRun = load_run(cfg.ckpt, ema=bool(cfg.ema), config=cfg.get("config"),
                                        format=cfg.get("format", "auto"))
         self.net: nn.Module = self.run.net.to(self.device)
@@ -67,6 +84,9 @@ class Evaluation:
         self._real: tuple[Tensor, Tensor] | None = None
 
     # -- shared pieces -----------------------------------------------------------------------
+    def progress(self, iterable, desc: str):
+        return tqdm(iterable, desc=desc, leave=False, disable=not self.shards.is_main)
+
     def test_set(self, n: int | None = None) -> Dataset:
         """The first ``n`` images of the test split (all when None), ``(x, y)`` in [0, 1]."""
         total = len(self.dm.val_set)
@@ -78,17 +98,28 @@ class Evaluation:
         xs, ys = zip(*loader, strict=True)
         return torch.cat(xs), torch.cat(ys)
 
+    def logits_of(self, x: Tensor) -> Tensor:
+        """The classifier's float32 logits of ``x`` (in batches), on the CPU."""
+        bs = int(self.cfg.batch_size)
+        with torch.no_grad(), self.autocast():
+            return torch.cat([self.net(b.to(self.device)).float().cpu() for b in torch.split(x, bs)])
+
     def test_logits(self) -> tuple[Tensor, Tensor]:
-        """Logits and labels over the test split (``test_size`` images; null = all), computed once."""
+        """Logits and labels over the test split (``test_size`` images; null = all), computed once;
+        each process reads and scores only its own chunks."""
         if self._test is None:
-            loader = DataLoader(self.test_set(self.cfg.test_size), batch_size=int(self.cfg.batch_size),
-                                num_workers=int(self.cfg.num_workers), worker_init_fn=ignore_preemption_signals)
+            test = self.test_set(self.cfg.test_size)
+            bs = int(self.cfg.batch_size)
+            chunks = self.shards.chunks(len(test), bs)
+            mine = [i for _, rows in chunks for i in rows]  # whole chunks in order: one batch each
+            loader = DataLoader(Subset(test, mine), batch_size=bs, num_workers=int(self.cfg.num_workers),
+                                worker_init_fn=ignore_preemption_signals)
             logits, labels = [], []
-            with torch.no_grad():
-                for x, y in tqdm(loader, desc="test split", leave=False):
-                    logits.append(self.net(x.to(self.device)).float().cpu())
-                    labels.append(y)
-            self._test = torch.cat(logits), torch.cat(labels)
+            for (_, rows), (x, y) in zip(chunks, self.progress(loader, "test split"), strict=True):
+                logits.append((rows, self.logits_of(x)))
+                labels.append((rows, y))
+            self._test = (self.shards.collect(len(test), logits, (self.num_classes,)),
+                          self.shards.collect(len(test), labels, dtype=torch.long))
         return self._test
 
     def extractor(self) -> nn.Module:
@@ -98,18 +129,24 @@ class Evaluation:
 
     def real_features(self) -> tuple[Tensor, Tensor]:
         """Extractor features and labels of the ``fid.num_real`` real train images (cached file),
-        shared by FID and the class-wise FID of counterfactuals."""
+        shared by FID and the class-wise FID of counterfactuals. With a cache the main process
+        computes them first and the others read its file."""
         if self._real is None:
-            loader = real_images(self.dm, self.cfg.fid.num_real, self.cfg.fid.batch_size)
+            loader = real_images(self.dm, self.cfg.fid.num_real, self.cfg.fid.batch_size, int(self.cfg.num_workers))
             n_real = len(loader.dataset)
             cache = statistics_cache(self.cfg.fid.get("cache_dir"), self.dm.name, "train",
                                      extractor_name(self.extractor()), n_real, kind="features")
+            if cache is not None and not self.shards.is_main:
+                self.shards.wait()  # the main process fills the cache first
             cached = cache is not None and cache.is_file()
             status = (f"cached in {cache}" if cached else f"computing (cache file {cache})" if cache
                       else "computing (fid.cache_dir is null: not cached)")
-            print(f"[evaluate] real-image features of {n_real} train images: {status}", flush=True)
-            batches = loader if cached else tqdm(loader, desc="real features", leave=False)
+            if self.shards.is_main:
+                print(f"[evaluate] real-image features of {n_real} train images: {status}", flush=True)
+            batches = loader if cached else self.progress(loader, "real features")
             self._real = real_features(self.extractor(), batches, cache)
+            if cache is not None and self.shards.is_main:
+                self.shards.wait()
         return self._real
 
     def picture(self, key: str, path: Path) -> str:
@@ -127,8 +164,9 @@ class Evaluation:
         n_bins = int(self.cfg.calibration.n_bins)
         ece = calibration.expected_calibration_error(logits, labels, n_bins)
         bins = calibration.reliability_bins(logits, labels, n_bins)
-        path = calibration.plot_reliability_diagram(bins, ece, self.out_dir / "reliability.png",
-                                                    title=self.run.path.name)
+        path = self.out_dir / "reliability.png"
+        if self.shards.is_main:
+            calibration.plot_reliability_diagram(bins, ece, path, title=self.run.path.name)
         return {"ece": ece, "n_bins": n_bins, "n_examples": len(labels),
                 "reliability_diagram": self.picture("calibration/reliability", path)}
 
@@ -141,21 +179,28 @@ class Evaluation:
             raise ValueError("autoattack.norm / autoattack.eps are not set and the checkpoint's config has no "
                              "model.val_attack to take them from: give autoattack.norm=l2 autoattack.eps=0.5")
         x, y = self.first_test_images(int(aa.n_examples))
-        return robustness.autoattack(
-            self.net, x, y, eps=float(eps), norm=norm, version=aa.version,
-            attacks=list(aa.attacks) if aa.attacks else None, n_restarts=aa.n_restarts, n_iter=aa.n_iter,
-            batch_size=int(aa.batch_size), seed=int(aa.seed))
+        with self.autocast():
+            return robustness.autoattack(
+                self.net, x, y, eps=float(eps), norm=norm, version=aa.version,
+                attacks=list(aa.attacks) if aa.attacks else None, n_restarts=aa.n_restarts, n_iter=aa.n_iter,
+                batch_size=int(aa.batch_size), seed=int(aa.seed), shards=self.shards)
 
     def fid(self) -> dict[str, Any]:
         settings = SamplingSettings.resolve(self.cfg.sampling, self.run)
         source = seed_source(self.run, settings.seeds, settings.seed_offset + settings.num_samples)
-        x, y = draw_samples(self.net, source, settings, self.num_classes)
+        with self.autocast():
+            parts = draw_shard(self.net, source, settings, self.num_classes, self.shards)
+        n, k = settings.num_samples, self.num_classes
+        data = self.run.config.data
+        grid = self.shards.head(parts, min(GRID_PER_CLASS * k, n), (int(data.channels), *[int(data.image_size)] * 2))
         path = self.out_dir / "samples_grid.png"
-        save_image(sample_grid(x, y, self.num_classes, 10, settings.conditional), path)
+        if self.shards.is_main:
+            labels = torch.arange(len(grid)) % k
+            save_image(sample_grid(grid, labels, k, GRID_PER_CLASS, settings.conditional), path)
         feats, _ = self.real_features()
         scorer = sample_quality(self.cfg.fid, self.extractor(), self.dm,
                                 torch.split(feats, int(self.cfg.fid.batch_size)))
-        scores = scorer(torch.split(x, int(self.cfg.fid.batch_size)))
+        scores = scorer.score(parts, n, self.shards)
         return scores | {"sampling": asdict(settings) | {"seed_source": repr(source)},
                          "samples_grid": self.picture("fid/samples_grid", path)}
 
@@ -168,24 +213,25 @@ class Evaluation:
         name = extractor_name(extractor)
         real_feats, real_labels = self.real_features()
         per_eps, grid_rows, grid_conf = [], [], []
-        rows = int(cf.grid_rows)
+        rows, n = int(cf.grid_rows), len(x)
+        chunks = self.shards.chunks(n, int(self.cfg.batch_size))
         for eps in [float(e) for e in cf.eps]:
-            x_cf, conf = [], []
-            for i in range(0, len(x), int(self.cfg.batch_size)):
-                xb, tb = x[i : i + int(self.cfg.batch_size)].to(self.device), targets[i : i + int(self.cfg.batch_size)]
-                xb_cf = counterfactual.counterfactuals(self.net, xb, tb, eps=eps, steps=int(cf.steps),
-                                                       step_size=cf.step_size)
-                with torch.no_grad():
-                    conf.append(counterfactual.target_confidence(self.net(xb_cf), tb).cpu())
-                x_cf.append(xb_cf.cpu())
-            x_cf, conf = torch.cat(x_cf), torch.cat(conf)
-            with torch.no_grad():
-                fake_feats = torch.cat([extractor(b.to(self.device)).float().cpu()
-                                        for b in torch.split(x_cf, int(self.cfg.fid.batch_size))])
+            images, confidences, features = [], [], []
+            for _, r in self.progress(chunks, f"counterfactuals eps={eps:g}"):
+                xb, tb = x[r.start : r.stop].to(self.device), targets[r.start : r.stop]
+                with self.autocast():
+                    xb_cf = counterfactual.counterfactuals(self.net, xb, tb, eps=eps, steps=int(cf.steps),
+                                                           step_size=cf.step_size)
+                    with torch.no_grad():
+                        confidences.append((r, counterfactual.target_confidence(self.net(xb_cf), tb).cpu()))
+                images.append((r, xb_cf.cpu()))
+                features.append((r, next(features_of(extractor, [xb_cf])).cpu()))
+            conf = self.shards.collect(n, confidences)
+            fake_feats = self.shards.collect(n, features, (int(extractor.num_features),))
             by_class = classwise_fid(real_feats, real_labels, fake_feats, targets)
             if not by_class:
                 raise ValueError(f"no target class has 2 counterfactuals to score: raise counterfactual.n_examples "
-                                 f"(now {len(x)})")
+                                 f"(now {n})")
             per_eps.append({
                 "eps": eps,
                 "mean_target_confidence": float(conf.mean()),
@@ -193,13 +239,14 @@ class Evaluation:
                 f"fid_classwise_{name}": {str(c): v for c, v in sorted(by_class.items())},
                 "classes_scored": len(by_class),
             })
-            grid_rows.append(x_cf[:rows])
+            grid_rows.append(self.shards.head(images, min(rows, n), tuple(x.shape[1:])))
             grid_conf.append(conf[:rows])
-        class_names = getattr(self.dm.val_set, "classes", None)
-        path = counterfactual.plot_counterfactual_grid(
-            x[:rows], grid_rows, [float(e) for e in cf.eps], y[:rows], targets[:rows],
-            self.out_dir / "counterfactuals.png", confidences=grid_conf, class_names=class_names)
-        return {"extractor": name, "n_examples": len(x), "steps": int(cf.steps),
+        path = self.out_dir / "counterfactuals.png"
+        if self.shards.is_main:
+            counterfactual.plot_counterfactual_grid(
+                x[:rows], grid_rows, [float(e) for e in cf.eps], y[:rows], targets[:rows], path,
+                confidences=grid_conf, class_names=getattr(self.dm.val_set, "classes", None))
+        return {"extractor": name, "n_examples": n, "steps": int(cf.steps),
                 "step_size": "2.5 * eps / steps" if cf.step_size is None else float(cf.step_size),
                 "targets": "(y + randint(1, K)) mod K", "norm": "L2",
                 "per_eps": {f"eps_{p['eps']:g}": p for p in per_eps},
@@ -232,29 +279,28 @@ class Evaluation:
     def ood(self) -> dict[str, Any]:
         o = self.cfg.ood
         logits_in, _ = self.test_logits()
-        scores: dict[str, Callable[[Tensor], Tensor]] = {}
-        for s in o.scores:
-            if s not in ood.SCORES:
-                raise ValueError(f"unknown OOD score {s!r}; choose from {sorted(ood.SCORES)}")
-            scores[s] = ood.SCORES[s]
+        scores = {s: ood.SCORES[s] for s in o.scores}
         adv = o.adversarial
         result: dict[str, Any] = {"n_in": len(logits_in), "threat_model": (
             {"norm": adv.norm, "eps": float(adv.eps), "steps": int(adv.steps), "step_size": float(adv.step_size)}
             if adv.enabled else None)}
-        bs = int(self.cfg.batch_size)
         for name, x_out in self.ood_sets().items():
-            entry: dict[str, Any] = {"n_out": len(x_out)}
-            with torch.no_grad():
-                logits_out = torch.cat([self.net(b.to(self.device)).float().cpu() for b in torch.split(x_out, bs)])
+            n = len(x_out)
+            chunks = self.shards.chunks(n, int(self.cfg.batch_size))
+            logits_out = self.shards.collect(n, [(r, self.logits_of(x_out[r.start : r.stop])) for _, r in chunks],
+                                             (self.num_classes,))
+            entry: dict[str, Any] = {"n_out": n}
             for s, score in scores.items():
                 entry[s] = {"auroc": ood.auroc(score(logits_in), score(logits_out))}
                 if adv.enabled:
-                    x_adv = torch.cat([ood.adversarial_ood(self.net, b.to(self.device), score, eps=float(adv.eps),
-                                                           step_size=float(adv.step_size), steps=int(adv.steps),
-                                                           norm=adv.norm).cpu() for b in torch.split(x_out, bs)])
-                    with torch.no_grad():
-                        logits_adv = torch.cat([self.net(b.to(self.device)).float().cpu()
-                                                for b in torch.split(x_adv, bs)])
+                    parts = []
+                    for _, r in self.progress(chunks, f"adversarial OOD ({name}, {s})"):
+                        with self.autocast():
+                            x_adv = ood.adversarial_ood(self.net, x_out[r.start : r.stop].to(self.device), score,
+                                                        eps=float(adv.eps), step_size=float(adv.step_size),
+                                                        steps=int(adv.steps), norm=adv.norm)
+                        parts.append((r, self.logits_of(x_adv)))
+                    logits_adv = self.shards.collect(n, parts, (self.num_classes,))
                     entry[s]["auroc_adversarial"] = ood.auroc(score(logits_in), score(logits_adv))
             result[name] = entry
         return result

@@ -27,12 +27,27 @@ from dat_lightning.checkpoints.loading import LoadedRun
 from dat_lightning.checkpoints.stored_config import build_data
 from dat_lightning.data.generated import UniformNoise
 from dat_lightning.sampling import class_balanced_labels, pgd_sample
+from dat_lightning.sharding import Shards
 
 
 def seed_images(source: Dataset, indices: Sequence[int]) -> Tensor:
     """Stack the seed images ``source[i]`` (a tensor, or the first element of a tuple)."""
     items = [source[int(i)] for i in indices]
     return torch.stack([item[0] if isinstance(item, (tuple, list)) else item for item in items])
+
+
+def generate(net: nn.Module, source: Dataset, indices: range, num_classes: int, *, step_size: float,
+             steps: int, conditional: bool = True, seed_offset: int = 0) -> tuple[Tensor, Tensor]:
+    """The samples of item ``indices``: item ``i`` has label ``i % K`` (class-balanced) and seed
+    ``source[(seed_offset + i) % len(source)]``, so it is the same whoever draws it, with what.
+    Returns ``(samples, labels)`` on the CPU; the net runs in eval mode."""
+    device = next(net.parameters()).device
+    n_source = len(source)
+    x0 = seed_images(source, [(seed_offset + i) % n_source for i in indices]).to(device)
+    y = class_balanced_labels(indices.stop, num_classes)[indices.start : indices.stop].to(device)
+    with eval_mode(net):
+        x = pgd_sample(net, x0, y if conditional else None, step_size=step_size, steps=steps)
+    return x.cpu(), y.cpu()
 
 
 def generate_batches(
@@ -48,20 +63,11 @@ def generate_batches(
     seed_offset: int = 0,
     progress: bool = False,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(samples, labels)`` batches: labels ``i % K`` (class-balanced), seeds
-    ``source[seed_offset + i]`` (wrapping around the source), net in eval mode throughout.
-    """
-    device = next(net.parameters()).device
-    labels = class_balanced_labels(num_samples, num_classes)
-    n_source = len(source)
-    with eval_mode(net):
-        starts = range(0, num_samples, batch_size)
-        for start in tqdm(starts, desc=f"sampling T={steps}", disable=not progress, unit="batch"):
-            idx = range(start, min(start + batch_size, num_samples))
-            x0 = seed_images(source, [(seed_offset + i) % n_source for i in idx]).to(device)
-            y = labels[start : start + len(idx)].to(device)
-            x = pgd_sample(net, x0, y if conditional else None, step_size=step_size, steps=steps)
-            yield x.cpu(), y.cpu()
+    """Yield ``(samples, labels)`` of items ``0 .. num_samples-1`` in batches (:func:`generate`)."""
+    for start in tqdm(range(0, num_samples, batch_size), desc=f"sampling T={steps}", disable=not progress,
+                      unit="batch"):
+        yield generate(net, source, range(start, min(start + batch_size, num_samples)), num_classes,
+                       step_size=step_size, steps=steps, conditional=conditional, seed_offset=seed_offset)
 
 
 @dataclass(frozen=True)
@@ -119,14 +125,26 @@ def seed_source(run: LoadedRun, seeds: str | Mapping[str, Any], num_images: int)
     return source
 
 
+def draw_shard(net: nn.Module, source: Dataset, settings: SamplingSettings, num_classes: int,
+               shards: Shards | None = None, steps: int | None = None,
+               progress: bool = True) -> list[tuple[range, Tensor]]:
+    """This process's chunks of the samples of ``settings`` (optionally another chain length T),
+    as ``(item indices, samples)``; the labels are ``indices % K``."""
+    shards = shards or Shards()
+    chunks = shards.chunks(settings.num_samples, settings.batch_size)
+    t = settings.steps if steps is None else steps
+    return [(rows, generate(net, source, rows, num_classes, step_size=settings.step_size, steps=t,
+                            conditional=settings.conditional, seed_offset=settings.seed_offset)[0])
+            for _, rows in tqdm(chunks, desc=f"sampling T={t}", disable=not progress or not shards.is_main,
+                                unit="batch")]
+
+
 def draw_samples(net: nn.Module, source: Dataset, settings: SamplingSettings, num_classes: int,
                  steps: int | None = None, progress: bool = True) -> tuple[Tensor, Tensor]:
-    """All samples of ``settings`` (optionally with another chain length) as ``(x, labels i % K)``."""
-    batches = list(generate_batches(
-        net, source, settings.num_samples, num_classes, step_size=settings.step_size,
-        steps=settings.steps if steps is None else steps, batch_size=settings.batch_size,
-        conditional=settings.conditional, seed_offset=settings.seed_offset, progress=progress))
-    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+    """All samples of ``settings`` in this process, as ``(x, labels i % K)``."""
+    parts = draw_shard(net, source, settings, num_classes, steps=steps, progress=progress)
+    x = torch.cat([x for _, x in parts])
+    return x, class_balanced_labels(len(x), num_classes)
 
 
 def sample_grid(x: Tensor, labels: Tensor, num_classes: int, per_class: int, conditional: bool) -> Tensor:
@@ -140,20 +158,21 @@ def sample_grid(x: Tensor, labels: Tensor, num_classes: int, per_class: int, con
     return make_grid(x[:n], nrow=max(1, math.isqrt(n)), padding=1, pad_value=1.0)
 
 
-def save_samples(x: Tensor, labels: Tensor | None, predicted: Tensor, out_dir: Path, npz: bool, png: bool) -> None:
-    """``samples.npz`` (uint8 images, labels, predictions) and/or one PNG per sample."""
-    if npz:
+def save_samples(x: Tensor, indices: Tensor, labels: Tensor | None, predicted: Tensor, path: Path | None,
+                 png_dir: Path | None) -> None:
+    """Samples with their item ``indices``: an ``.npz`` at ``path`` (uint8 images, indices, labels,
+    predictions) and/or one PNG per sample in ``png_dir``, named by item index (and label)."""
+    if path is not None:
         images = (x * 255).round().to(torch.uint8).numpy()
-        arrays = {"images": images, "predicted": predicted.numpy()}
+        arrays = {"images": images, "indices": indices.numpy(), "predicted": predicted.numpy()}
         if labels is not None:
             arrays["labels"] = labels.numpy()
-        np.savez_compressed(out_dir / "samples.npz", **arrays)
-    if png:
-        folder = out_dir / "png"
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, image in enumerate(x):
-            tag = f"_class{int(labels[i])}" if labels is not None else ""
-            save_image(image, folder / f"{i:06d}{tag}.png")
+        np.savez_compressed(path, **arrays)
+    if png_dir is not None:
+        png_dir.mkdir(parents=True, exist_ok=True)
+        for j, (i, image) in enumerate(zip(indices.tolist(), x, strict=True)):
+            tag = f"_class{int(labels[j])}" if labels is not None else ""
+            save_image(image, png_dir / f"{i:06d}{tag}.png")
 
 
 @torch.no_grad()

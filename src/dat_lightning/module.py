@@ -197,6 +197,10 @@ class DATModule(LightningModule):
                       batch_size=len(x))
         self.log("train/acc_adv_epoch", stats["acc_adv"], on_step=False, on_epoch=True,
                  prog_bar=True, batch_size=len(x))
+        # the progress bar says which stage runs and, in stage two, the chain length T
+        self.log("stage", float(self.stage), prog_bar=True, logger=False, batch_size=len(x))
+        if self.stage == 2:
+            self.log("T", float(self.gen_steps), prog_bar=True, logger=False, batch_size=len(x))
         return stats
 
     def active_optimizer(self) -> Any:

@@ -2,44 +2,54 @@
 
 from __future__ import annotations
 
-from itertools import islice
 from typing import Any
 
 import torch
 from lightning.pytorch import Trainer
 from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from dat_lightning.attacks import PGDSettings, pgd_attack
 from dat_lightning.batchnorm import eval_mode
 from dat_lightning.callbacks import FIDCallback, SampleGrid
+from dat_lightning.data.faults import ignore_preemption_signals
 from dat_lightning.metrics.fid import NonFiniteFeatures
+from dat_lightning.sharding import Shards
 
 
-def accuracy(net, loader, attack: PGDSettings, max_batches: int | None = None,
-             desc: str = "test") -> tuple[float, float, int]:
-    """Clean and PGD-robust accuracy of ``net`` over ``loader``: (clean, robust, n)."""
+def accuracy(net, dataset: Dataset, attack: PGDSettings, batch_size: int, shards: Shards | None = None,
+             num_workers: int = 0, desc: str = "test") -> tuple[float, float, int]:
+    """Clean and PGD-robust accuracy of ``net`` over ``dataset``: (clean, robust, n).
+
+    The processes of ``shards`` share the dataset in fixed chunks and add up their counts, so the
+    numbers are those of one process alone.
+    """
+    shards = shards or Shards()
     device = next(net.parameters()).device
-    correct = robust = total = 0
+    mine = [i for _, rows in shards.chunks(len(dataset), batch_size) for i in rows]
+    loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, num_workers=num_workers,
+                        worker_init_fn=ignore_preemption_signals)
+    counts = torch.zeros(2, dtype=torch.long)
     with eval_mode(net):
-        for x, y in tqdm(islice(loader, max_batches), desc=desc, total=max_batches or len(loader), leave=False):
+        for x, y in tqdm(loader, desc=desc, leave=False, disable=not shards.is_main):
             x, y = x.to(device), y.to(device)
             x_adv = pgd_attack(net, x, y, attack)
             with torch.no_grad():
-                correct += (net(x).argmax(1) == y).sum().item()
-                robust += (net(x_adv).argmax(1) == y).sum().item()
-            total += len(y)
-    return correct / total, robust / total, total
+                counts += torch.stack([(net(x).argmax(1) == y).sum(), (net(x_adv).argmax(1) == y).sum()]).cpu()
+    correct, robust = shards.sum(counts).tolist()
+    return correct / len(dataset), robust / len(dataset), len(dataset)
 
 
 def final_summary(cfg: DictConfig, trainer: Trainer, module, datamodule) -> dict[str, Any]:
-    """Measure the final (EMA, when enabled) model on the test split and its samples."""
-    loader = datamodule.test_dataloader()
-    max_batches = None
+    """Measure the final (EMA, when enabled) model on the test split and its samples, shared by
+    every process of the run (call it on all of them)."""
+    shards = Shards.of_trainer(trainer)
+    test = datamodule.test_dataset()
     if cfg.summary.test_size:
-        max_batches = -(-int(cfg.summary.test_size) // loader.batch_size)
+        test = Subset(test, range(min(int(cfg.summary.test_size), len(test))))
     attack = module.val_attack
-    clean, robust, n = accuracy(module.net, loader, attack, max_batches)
+    clean, robust, n = accuracy(module.net, test, attack, datamodule.batch_size, shards, datamodule.num_workers)
     out: dict[str, Any] = {
         "test_examples": n,
         "clean_accuracy": clean,
@@ -48,11 +58,13 @@ def final_summary(cfg: DictConfig, trainer: Trainer, module, datamodule) -> dict
         "final_gen_steps": module.gen_steps,
         "checkpoint": (trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path)
         if trainer.checkpoint_callback else None,
+        "processes": shards.world,
     }
     for cb in trainer.callbacks:
         if isinstance(cb, FIDCallback) and cfg.summary.fid_samples:
             try:
-                value = cb.compute(trainer, module, num_samples=int(cfg.summary.fid_samples), progress=True)
+                value = cb.compute(trainer, module, num_samples=int(cfg.summary.fid_samples),
+                                   progress=shards.is_main, distributed=True)
             except NonFiniteFeatures as err:
                 value = f"not measured: {err}"
             out[cb.metric_name] = value

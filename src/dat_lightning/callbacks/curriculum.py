@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
 
 from dat_lightning.callbacks.protocol import staged
 from dat_lightning.curriculum import CurriculumState, update, window_length
@@ -51,11 +52,17 @@ class GenStepCurriculum(Callback):
         # A copy: DDP reduces in place, and the step's own (logged) AUC must stay this rank's.
         auc = trainer.strategy.reduce(outputs["auc"].detach().clone().to(pl_module.device), reduce_op="mean")
         global_batch = len(batch["gen"][0]) * trainer.world_size
+        before = self.state.steps
         self.state = update(
             self.state, float(auc), window=window_length(self.min_imgs_per_threshold, global_batch),
             auc_threshold=self.auc_threshold, max_steps=self.max_steps,
         )
-        staged(pl_module).gen_steps = self.state.steps
+        module = staged(pl_module)
+        module.gen_steps = self.state.steps
+        if self.state.steps != before:
+            steps_in = (trainer.current_epoch - module.stage2_start_epoch) * trainer.num_training_batches + batch_idx + 1
+            rank_zero_info(f"Curriculum: T {before} -> {self.state.steps} after stage-two step {steps_in} "
+                           f"(global step {trainer.global_step}); the cap is {self.max_steps}.")
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.state.steps, "window": torch.tensor(self.state.window, dtype=torch.float64)}

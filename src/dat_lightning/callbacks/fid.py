@@ -9,15 +9,21 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
+from tqdm.auto import tqdm
 
+from dat_lightning.batchnorm import eval_mode
 from dat_lightning.callbacks.ema import evaluation_net
 from dat_lightning.callbacks.protocol import staged
 from dat_lightning.energy import marginal_energy
 from dat_lightning.generation import generate_batches
-from dat_lightning.metrics.fid import NonFiniteFeatures, checked_fid, fill_real_statistics, make_fid
+from dat_lightning.metrics.fid import (
+    FAKE_STATES,
+    NonFiniteFeatures,
+    checked_fid,
+    fill_real_statistics,
+    make_fid,
+)
 from dat_lightning.metrics.quality import real_images, statistics_cache
-
-_FAKE_STATES = ("fake_features_sum", "fake_features_cov_sum", "fake_features_num_samples")
 
 
 def shard_range(num_samples: int, rank: int, world_size: int, multiple: int) -> range:
@@ -67,7 +73,9 @@ class FIDCallback(Callback):
         self.last_sample_energy: float | None = None
 
     def _real_batches(self, trainer: Trainer):
-        return (x for x, _ in real_images(trainer.datamodule, self.num_real, self.batch_size))
+        dm = trainer.datamodule
+        loader = real_images(dm, self.num_real, self.batch_size, getattr(dm, "num_workers", 0))
+        return (x for x, _ in tqdm(loader, desc="FID real statistics", leave=False, disable=not trainer.is_global_zero))
 
     def _cache_file(self, trainer: Trainer) -> Path | None:
         if self.cache_dir is None:
@@ -86,9 +94,7 @@ class FIDCallback(Callback):
         """
         distributed = distributed and trainer.world_size > 1
         if self._fid is None:
-            # Statistics are reduced explicitly below: torchmetrics' own sync would also sum the
-            # real statistics that every rank holds in full.
-            self._fid = make_fid(self.extractor, sync_on_compute=False).to(pl_module.device)
+            self._fid = make_fid(self.extractor).to(pl_module.device)  # reduced explicitly below
             # Rank 0 first, so the other ranks read its cache instead of racing to write it.
             if distributed and not trainer.is_global_zero:
                 trainer.strategy.barrier("fid_real_statistics")
@@ -102,16 +108,17 @@ class FIDCallback(Callback):
         share = shard_range(total, trainer.global_rank, trainer.world_size, k) if distributed else range(total)
         energy_sum = 0.0
         # Seeds start past the sample grid's, over the whole seed source.
-        for x, _ in generate_batches(net, trainer.datamodule.ood, len(share), k,
-                                     step_size=self.step_size, steps=self.steps,
-                                     batch_size=self.batch_size, seed_offset=10_000 + share.start,
-                                     progress=progress):
-            x = x.to(pl_module.device)
-            self._fid.update(x, real=False)
-            with torch.no_grad():  # net is in eval mode while generate_batches yields
-                energy_sum += float(marginal_energy(net(x)).sum())
+        batches = generate_batches(net, trainer.datamodule.ood, len(share), k, step_size=self.step_size,
+                                   steps=self.steps, batch_size=self.batch_size,
+                                   seed_offset=10_000 + share.start, progress=progress)
+        with eval_mode(net):  # the energy of the samples as the chain saw them
+            for x, _ in batches:
+                x = x.to(pl_module.device)
+                self._fid.update(x, real=False)
+                with torch.no_grad():
+                    energy_sum += float(marginal_energy(net(x)).sum())
         if distributed:
-            for name in _FAKE_STATES:
+            for name in FAKE_STATES:
                 state = getattr(self._fid, name)
                 state.copy_(trainer.strategy.reduce(state.clone(), reduce_op="sum"))
             energy_sum = float(trainer.strategy.reduce(torch.tensor(energy_sum, device=pl_module.device),
@@ -127,7 +134,7 @@ class FIDCallback(Callback):
         if self.stage2_only and staged(pl_module).stage != 2:
             return
         try:
-            value = self.compute(trainer, pl_module, distributed=True)
+            value = self.compute(trainer, pl_module, distributed=True, progress=trainer.is_global_zero)
         except NonFiniteFeatures as err:  # every rank sees the same reduced statistics
             rank_zero_warn(f"{err} The measurement is skipped (no {self.metric_name} logged, the best-FID "
                            "checkpoint kept); training goes on under the divergence guard.")

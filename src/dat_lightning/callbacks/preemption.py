@@ -156,10 +156,23 @@ class Preemption(Checkpoint):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._stop_if_signalled(trainer)
+        try:
+            self._stop_if_signalled(trainer)
+        except Preempted:
+            _log_the_step(trainer)  # its weights are in the checkpoint: its curves go with them
+            raise
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._stop_if_signalled(trainer)
+
+
+def _log_the_step(trainer: Trainer) -> None:
+    """Hand the interrupted step's metrics to the loggers, as Lightning does right after this hook
+    (a private call, so guarded: without it the resumed curves miss that one step)."""
+    try:
+        trainer._logger_connector.update_train_step_metrics()
+    except Exception as err:  # noqa: BLE001 - never let logging stop a preemption save
+        rank_zero_warn(f"Preemption: the interrupted step's metrics were not logged ({err!r}).")
 
 
 def _slurm_requeue() -> None:

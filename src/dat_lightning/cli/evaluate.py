@@ -14,10 +14,10 @@ from typing import Any
 
 import hydra
 from lightning.pytorch import seed_everything
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dat_lightning.cli.app import in_run_directory, launch
-from dat_lightning.cli.instantiate import make_loggers
+from dat_lightning.cli.instantiate import make_fabric, make_loggers
 from dat_lightning.cli.settings_checks import EVALUATION_METRICS, check_evaluate_settings
 from dat_lightning.config import CONFIG_DIR, register_resolvers
 from dat_lightning.evaluation import Evaluation
@@ -28,6 +28,7 @@ from dat_lightning.reporting import (
     log_pictures,
     write_json,
 )
+from dat_lightning.sharding import Shards
 
 register_resolvers()
 
@@ -36,12 +37,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.metrics`` on ``cfg.ckpt``; returns the report written to ``report.json``."""
     started = time.time()
     check_evaluate_settings(cfg)
+    fabric = make_fabric(cfg.trainer)
     seed_everything(int(cfg.seed), workers=True)
-    ev = Evaluation(cfg)
+    shards = Shards.of_fabric(fabric)
+    ev = Evaluation(cfg, fabric.device, shards, fabric.autocast)
     report: dict[str, Any] = {
         "checkpoint": str(ev.run.path), "ema": bool(cfg.ema), "config": cfg.get("config"),
         "dataset": ev.dm.name, "task_name": ev.run.config.get("task_name"),
         "checkpoint_gen_steps": ev.run.gen_steps, "seed": int(cfg.seed), "device": str(ev.device),
+        "processes": shards.world, "precision": str(OmegaConf.select(cfg, "trainer.precision")),
         "metrics": {}, "wall_time_s": {},
     }
     for metric in EVALUATION_METRICS:  # a fixed order, whatever the order asked for
@@ -51,9 +55,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(f"[evaluate] {metric} ...", flush=True)
         report["metrics"][metric] = getattr(ev, metric)()
         report["wall_time_s"][metric] = round(time.time() - t0, 2)
-        write_json(ev.out_dir / "report.json", report)  # partial reports survive a later failure
+        if shards.is_main:
+            write_json(ev.out_dir / "report.json", report)  # partial reports survive a later failure
     report["wall_time_s"]["total"] = round(time.time() - started, 2)
     report["pictures"] = {k: str(v) for k, v in ev.pictures.items()}
+    if not shards.is_main:
+        return report  # every process holds the same numbers; the main one writes them
     write_json(ev.out_dir / "report.json", report)
     loggers = make_loggers(cfg.get("logger"))
     log_numbers(loggers, flatten_numbers(report["metrics"]))

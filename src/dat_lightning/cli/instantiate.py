@@ -27,3 +27,18 @@ def make_loggers(group: DictConfig | None) -> list[Logger]:
     credentials logs offline and says so, instead of failing after the work is done."""
     wandb_offline_fallback(group)
     return instantiate_all(group)
+
+
+def make_fabric(trainer_cfg: DictConfig):
+    """A launched Lightning Fabric for the ``trainer`` group of a config (accelerator, devices,
+    nodes, strategy, precision and its plugins), so that ``sample`` and ``evaluate`` run on the
+    devices and cluster launch that training uses (``trainer=ddp``, ``trainer=slurm``)."""
+    from lightning.fabric import Fabric
+    from omegaconf import OmegaConf
+
+    keys = ("accelerator", "devices", "num_nodes", "strategy", "precision")
+    settings = {k: OmegaConf.select(trainer_cfg, k) for k in keys}
+    fabric = Fabric(**{k: v for k, v in settings.items() if v is not None},
+                    plugins=instantiate_all(trainer_cfg.get("plugins")) or None)
+    fabric.launch()
+    return fabric

@@ -32,7 +32,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from dat_lightning.checkpoints import CheckpointError, read_checkpoint
+from dat_lightning.checkpoints import CheckpointError
 from dat_lightning.cli.config_checks import ConfigError
 
 LOCK_NAME = ".lock"
@@ -182,11 +182,13 @@ def config_differences(recorded: Mapping[str, Any], new: Mapping[str, Any]) -> d
     }
 
 
-def check_resume(ckpt_path: str | None, new_config: Mapping[str, Any], force: bool = False) -> None:
-    """Refuse to resume ``ckpt_path`` under a config other than the one it was saved with."""
-    if ckpt_path is None:
+def check_resume(ckpt_path: str | None, checkpoint: Mapping[str, Any] | None, new_config: Mapping[str, Any],
+                 force: bool = False) -> None:
+    """Refuse to resume ``ckpt_path`` (read as ``checkpoint``) under a config other than the one it
+    was saved with."""
+    if ckpt_path is None or checkpoint is None:
         return
-    recorded = read_checkpoint(ckpt_path, mmap=True).get("dat_config")
+    recorded = checkpoint.get("dat_config")
     if not isinstance(recorded, Mapping):
         return  # not one of ours: nothing recorded to compare with
     differences = config_differences(recorded, new_config)

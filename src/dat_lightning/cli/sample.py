@@ -21,15 +21,15 @@ from omegaconf import DictConfig
 from torch.utils.data import Dataset
 from torchvision.utils import save_image
 
-from dat_lightning.checkpoints.loading import LoadedRun, build_datamodule, load_run, resolve_device
+from dat_lightning.checkpoints.loading import LoadedRun, build_datamodule, load_run
 from dat_lightning.cli.app import in_run_directory, launch
-from dat_lightning.cli.instantiate import make_loggers
+from dat_lightning.cli.instantiate import make_fabric, make_loggers
 from dat_lightning.cli.settings_checks import check_sample_settings
 from dat_lightning.config import CONFIG_DIR, register_resolvers
 from dat_lightning.figures import plot_curve
 from dat_lightning.generation import (
     SamplingSettings,
-    draw_samples,
+    draw_shard,
     predict_classes,
     sample_grid,
     save_samples,
@@ -38,47 +38,63 @@ from dat_lightning.generation import (
 from dat_lightning.metrics.extractors import build_feature_extractor
 from dat_lightning.metrics.quality import sample_quality
 from dat_lightning.reporting import close_loggers, log_numbers, log_pictures, write_json
+from dat_lightning.sharding import Shards
 
 register_resolvers()
 
 
-def run_sweep(cfg: DictConfig, run: LoadedRun, settings: SamplingSettings, source: Dataset,
-              device: torch.device, out_dir: Path) -> dict[str, Any]:
+def run_sweep(cfg: DictConfig, run: LoadedRun, settings: SamplingSettings, source: Dataset, device: torch.device,
+              shards: Shards, out_dir: Path) -> dict[str, Any]:
     """FID (and IS) of the same seeds for every chain length in ``cfg.sweep``."""
     steps_list = [int(t) for t in cfg.sweep]
     extractor = build_feature_extractor(cfg.fid).to(device)
     dm = build_datamodule(run, cfg.get("data_overrides"), num_workers=int(cfg.num_workers))
-    scorer = sample_quality(cfg.fid, extractor, dm)
-    k = run.net.num_classes
-    rows, loggers = [], make_loggers(cfg.get("logger"))
+    if not shards.is_main:
+        shards.wait()  # the main process fills the real statistics' cache first
+    scorer = sample_quality(cfg.fid, extractor, dm, num_workers=int(cfg.num_workers))
+    if shards.is_main:
+        shards.wait()
+    k, n = run.net.num_classes, settings.num_samples
+    rows, loggers = [], make_loggers(cfg.get("logger")) if shards.is_main else []
     for steps in steps_list:
-        x, y = draw_samples(run.net, source, settings, k, steps=steps)
-        save_image(sample_grid(x, y, k, int(cfg.grid_per_class), settings.conditional),
-                   out_dir / f"grid_steps_{steps:03d}.png")
-        row = {"steps": steps} | scorer(torch.split(x, int(cfg.fid.batch_size)))
+        parts = draw_shard(run.net, source, settings, k, shards, steps=steps)
+        grid = shards.head(parts, min(int(cfg.grid_per_class) * k, n), image_shape(run))
+        row = {"steps": steps} | scorer.score(parts, n, shards)
         rows.append(row)
+        if not shards.is_main:
+            continue
+        save_image(sample_grid(grid, torch.arange(len(grid)) % k, k, int(cfg.grid_per_class), settings.conditional),
+                   out_dir / f"grid_steps_{steps:03d}.png")
         write_json(out_dir / "sweep.json", {"rows": rows})  # each T's result is kept before logging it
         log_numbers(loggers, {f"sweep/{key}": v for key, v in row.items() if isinstance(v, (int, float))}, step=steps)
         print(f"T={steps}: " + ", ".join(f"{key}={v:.4f}" for key, v in row.items() if isinstance(v, float)),
               flush=True)
     fid_key = f"fid_{scorer.name}"
-    curve = plot_curve(steps_list, [r[fid_key] for r in rows], f"FID ({scorer.name})", out_dir / "fid_vs_steps.png",
-                       title=f"step size {settings.step_size:g}, {settings.num_samples} samples")
-    log_pictures(loggers, {"sweep/fid_vs_steps": curve})
-    close_loggers(loggers)
+    curve = out_dir / "fid_vs_steps.png"
+    if shards.is_main:
+        plot_curve(steps_list, [r[fid_key] for r in rows], f"FID ({scorer.name})", curve,
+                   title=f"step size {settings.step_size:g}, {n} samples")
+        log_pictures(loggers, {"sweep/fid_vs_steps": curve})
+        close_loggers(loggers)
     best = min(rows, key=lambda r: r[fid_key])
     return {"extractor": scorer.name, "rows": rows, "best_steps": best["steps"], f"best_{fid_key}": best[fid_key],
             "curve": str(curve)}
+
+
+def image_shape(run: LoadedRun) -> tuple[int, int, int]:
+    data = run.config.data
+    return int(data.channels), int(data.image_size), int(data.image_size)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Sample (or sweep) as ``cfg`` says; returns the settings written to ``settings.json``."""
     started = time.time()
     check_sample_settings(cfg)
+    fabric = make_fabric(cfg.trainer)
     seed_everything(int(cfg.seed), workers=True)
-    device = resolve_device(cfg.device)
+    shards = Shards.of_fabric(fabric)
     loaded = load_run(cfg.ckpt, ema=bool(cfg.ema), config=cfg.get("config"), format=cfg.get("format", "auto"))
-    loaded.net.to(device)
+    loaded.net.to(fabric.device)
     settings = SamplingSettings.resolve(cfg.sampling, loaded)
     source = seed_source(loaded, settings.seeds, settings.seed_offset + settings.num_samples)
     out_dir = Path(cfg.paths.output_dir)
@@ -87,22 +103,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     info: dict[str, Any] = {
         "checkpoint": str(loaded.path), "ema": bool(cfg.ema), "config": cfg.get("config"),
         "checkpoint_gen_steps": loaded.gen_steps, "num_classes": k, "seed": int(cfg.seed),
-        "device": str(device), "seed_source": repr(source), "sampling": asdict(settings),
+        "device": str(fabric.device), "processes": shards.world, "seed_source": repr(source),
+        "sampling": asdict(settings),
     }
-    if cfg.get("sweep"):
-        info["sweep"] = run_sweep(cfg, loaded, settings, source, device, out_dir)
-    else:
-        x, y = draw_samples(loaded.net, source, settings, k)
-        save_image(sample_grid(x, y, k, int(cfg.grid_per_class), settings.conditional), out_dir / "grid.png")
-        predicted = predict_classes(loaded.net, x)
-        labels = y if settings.conditional else None
-        save_samples(x, labels, predicted, out_dir, npz=bool(cfg.save_npz), png=bool(cfg.save_png))
-        if labels is not None:
-            info["target_class_accuracy"] = float((predicted == labels).float().mean())
-        info["outputs"] = {"grid": str(out_dir / "grid.png"),
-                           "npz": str(out_dir / "samples.npz") if cfg.save_npz else None,
-                           "png_dir": str(out_dir / "png") if cfg.save_png else None}
+    with fabric.autocast():
+        if cfg.get("sweep"):
+            info["sweep"] = run_sweep(cfg, loaded, settings, source, fabric.device, shards, out_dir)
+        else:
+            info |= draw_and_save(cfg, loaded, settings, source, shards, out_dir)
     info["wall_time_s"] = round(time.time() - started, 2)
+    if not shards.is_main:
+        return info
     write_json(out_dir / "settings.json", info)  # before any logger can fail
     if not cfg.get("sweep"):
         loggers = make_loggers(cfg.get("logger"))
@@ -112,6 +123,36 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         close_loggers(loggers)
     print(f"samples written to {out_dir}", flush=True)
     return info
+
+
+def draw_and_save(cfg: DictConfig, run: LoadedRun, settings: SamplingSettings, source: Dataset, shards: Shards,
+                  out_dir: Path) -> dict[str, Any]:
+    """Draw this process's share of the samples and write it (one ``.npz`` per process when there
+    are several, ``samples.npz`` alone; PNGs named by item index); the grid by the main process."""
+    k, n = run.net.num_classes, settings.num_samples
+    parts = draw_shard(run.net, source, settings, k, shards)
+    predicted = [(r, predict_classes(run.net, x)) for r, x in parts]
+    if parts:
+        x = torch.cat([x for _, x in parts])
+        indices = torch.cat([torch.arange(r.start, r.stop) for r, _ in parts])
+        labels = indices % k if settings.conditional else None
+        npz = None if not cfg.save_npz else out_dir / ("samples.npz" if shards.world == 1
+                                                       else f"samples_rank{shards.rank:03d}.npz")
+        save_samples(x, indices, labels, torch.cat([p for _, p in predicted]), npz,
+                     out_dir / "png" if cfg.save_png else None)
+    grid = shards.head(parts, min(int(cfg.grid_per_class) * k, n), image_shape(run))
+    if shards.is_main:
+        save_image(sample_grid(grid, torch.arange(len(grid)) % k, k, int(cfg.grid_per_class), settings.conditional),
+                   out_dir / "grid.png")
+    out: dict[str, Any] = {"outputs": {
+        "grid": str(out_dir / "grid.png"),
+        "npz": (str(out_dir / "samples.npz") if shards.world == 1 else str(out_dir / "samples_rank*.npz"))
+        if cfg.save_npz else None,
+        "png_dir": str(out_dir / "png") if cfg.save_png else None}}
+    if settings.conditional:
+        all_predicted = shards.collect(n, predicted, dtype=torch.long)
+        out["target_class_accuracy"] = float((all_predicted == torch.arange(n) % k).float().mean())
+    return out
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="sample")

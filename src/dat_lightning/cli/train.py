@@ -16,12 +16,14 @@ import hydra
 from lightning.pytorch import Callback, Trainer, seed_everything
 from omegaconf import DictConfig, OmegaConf
 
+from dat_lightning.checkpoints import read_checkpoint
 from dat_lightning.cli.app import in_run_directory, launch
 from dat_lightning.cli.config_checks import check_model_fits_data
 from dat_lightning.cli.instantiate import instantiate_all, make_loggers
 from dat_lightning.cli.run_directory import check_resume, resolve_ckpt_path
 from dat_lightning.cli.settings_checks import check_train_settings
 from dat_lightning.config import CONFIG_DIR, register_resolvers
+from dat_lightning.run_logs import ResumableCSVLogger, keep_wandb_run
 from dat_lightning.summary import final_summary, print_summary
 
 register_resolvers()
@@ -51,16 +53,23 @@ def make_trainer(cfg: DictConfig) -> Trainer:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Fit both stages as configured, then measure the final model; returns the summary."""
-    datamodule, module, trainer = build(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
-    check_resume(ckpt_path, module.experiment_config, force=bool(cfg.get("force_resume", False)))
+    resumed = read_checkpoint(ckpt_path, mmap=True) if ckpt_path else None  # maps the tensors: cheap
+    keep_wandb_run(cfg.get("logger"), cfg.paths.output_dir, (resumed or {}).get("dat_config"))
+    datamodule, module, trainer = build(cfg)
+    check_resume(ckpt_path, resumed, module.experiment_config, force=bool(cfg.get("force_resume", False)))
+    for logger in trainer.loggers:
+        if resumed is not None and isinstance(logger, ResumableCSVLogger):
+            logger.truncate_after(int(resumed.get("global_step", 0)))
+        logger.log_hyperparams(module.experiment_config)  # the resolved config, to every logger
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     summary: dict[str, Any] = {"output_dir": str(cfg.paths.output_dir)}
-    if cfg.summary.enabled and not trainer.fast_dev_run and trainer.is_global_zero:
-        summary |= final_summary(cfg, trainer, module, datamodule)
-        Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.paths.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
-        print_summary(summary)
+    if cfg.summary.enabled and not trainer.fast_dev_run:
+        summary |= final_summary(cfg, trainer, module, datamodule)  # every process takes a share
+        if trainer.is_global_zero:
+            Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(cfg.paths.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+            print_summary(summary)
     return summary
 
 

@@ -380,8 +380,12 @@ class DATDataModule(pl.LightningDataModule):
         dataset = TransformedDataset(Subset(self.val_set, self.val_indices()), self.val_transform)
         return self._loader(dataset, self._eval_sampler(dataset), False, 3)
 
+    def test_dataset(self) -> Dataset:
+        """The full test split, ``(x, y)`` with ``val_transform``."""
+        return TransformedDataset(self.val_set, self.val_transform)
+
     def test_dataloader(self) -> DataLoader:
         """``(x, y)`` over the full test split, in order."""
         self.setup("test")
-        dataset = TransformedDataset(self.val_set, self.val_transform)
+        dataset = self.test_dataset()
         return self._loader(dataset, self._eval_sampler(dataset), False, 4)

@@ -12,6 +12,8 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from dat_lightning.checkpoints.writing import atomic_torch_save
 
 _REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
+# The generated side's moments: sums, so processes that each scored some samples add them up.
+FAKE_STATES = ("fake_features_sum", "fake_features_cov_sum", "fake_features_num_samples")
 _SUMS = {"real": ("real_features_sum", "real_features_cov_sum"),
          "generated": ("fake_features_sum", "fake_features_cov_sum")}
 
@@ -36,13 +38,15 @@ def checked_fid(fid: FrechetInceptionDistance, what: str = "FID") -> float:
     return float(fid.compute())
 
 
-def make_fid(extractor: nn.Module, **metric_kwargs) -> FrechetInceptionDistance:
+def make_fid(extractor: nn.Module) -> FrechetInceptionDistance:
     """A torchmetrics FID over ``extractor`` features that keeps real statistics across resets.
 
-    ``metric_kwargs`` go to torchmetrics' ``Metric`` (e.g. ``sync_on_compute=False``).
+    It never syncs by itself: the callers sum the generated side over processes explicitly
+    (:data:`FAKE_STATES`), and torchmetrics' own sync would also sum the real side, which every
+    process holds in full.
     """
     return FrechetInceptionDistance(feature=extractor, normalize=True, reset_real_features=False,
-                                    **metric_kwargs)
+                                    sync_on_compute=False)
 
 
 def fill_real_statistics(

@@ -19,7 +19,9 @@ from torch.utils.data import DataLoader
 from torchmetrics.image.inception import InceptionScore
 
 from dat_lightning.checkpoints.writing import atomic_torch_save
-from dat_lightning.metrics.fid import checked_fid, fill_real_statistics, make_fid
+from dat_lightning.data.faults import ignore_preemption_signals
+from dat_lightning.metrics.fid import FAKE_STATES, checked_fid, fill_real_statistics, make_fid
+from dat_lightning.sharding import Shards
 
 
 class PrecomputedFeatures(nn.Module):
@@ -69,16 +71,18 @@ def fid_from_features(real: Tensor, fake: Tensor) -> float:
     return checked_fid(fid)
 
 
-def inception_score(logits: Tensor, splits: int = 10) -> tuple[float, float]:
+def inception_score(logits: Tensor, splits: int = 10, seed: int = 0) -> tuple[float, float]:
     """Inception Score ``exp(E_x KL(p(y|x) || p(y)))`` of class ``logits`` (torchmetrics): mean and
-    std over ``splits`` random splits (the split order uses the global torch RNG)."""
+    std over ``splits`` random splits, drawn with ``seed`` (the same splits whatever ran before)."""
     if len(logits) < splits:
         raise ValueError(f"the Inception Score over {splits} splits needs >= {splits} samples, got {len(logits)}")
     with warnings.catch_warnings():  # "will save all extracted features": these are just logits
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        metric = InceptionScore(feature=nn.Identity(), splits=splits)
+        metric = InceptionScore(feature=nn.Identity(), splits=splits, sync_on_compute=False)
     metric.update(logits.float().cpu())
-    mean, std = metric.compute()
+    with torch.random.fork_rng(devices=[]):  # torchmetrics shuffles with the global RNG
+        torch.manual_seed(seed)
+        mean, std = metric.compute()
     return float(mean), float(std)
 
 
@@ -119,21 +123,39 @@ class SampleQuality:
         fill_real_statistics(self.fid, (f.to(device) for f in real_features), cache)
 
     def __call__(self, fake_batches: Iterable[Tensor]) -> dict[str, float | int | str]:
+        """Scores of the generated images, all in this process."""
+        parts, start = [], 0
+        for batch in fake_batches:
+            parts.append((range(start, start + len(batch)), batch))
+            start += len(batch)
+        return self.score(parts, start)
+
+    def score(self, parts: Iterable[tuple[range, Tensor]], n: int,
+              shards: Shards | None = None) -> dict[str, float | int | str]:
+        """Scores of ``n`` generated images, which the processes of ``shards`` hold in ``parts``
+        (item indices, images): feature moments are summed over the processes, IS logits
+        collected in item order, so the scores do not depend on how the items were shared."""
+        shards = shards or Shards()
         self.fid.reset()  # keeps the real statistics (reset_real_features=False)
-        logits, n = [], 0
-        for features in features_of(self.extractor, fake_batches):
+        logit_parts = []
+        for rows, images in parts:
+            (features,) = features_of(self.extractor, [images])
             self.fid.update(features, real=False)
-            n += len(features)
             if self.with_is:
-                logits.append(self.extractor.logits_from_features(features).cpu())
+                logit_parts.append((rows, self.extractor.logits_from_features(features).float().cpu()))
+        for name in FAKE_STATES:
+            state = getattr(self.fid, name)
+            state.copy_(shards.sum(state.cpu()).to(state.device))
         out: dict[str, float | int | str] = {
             "extractor": self.name,
             f"fid_{self.name}": checked_fid(self.fid, f"FID ({self.name})"),
-            "num_samples": n,
+            "num_samples": int(self.fid.fake_features_num_samples),
             "num_real": int(self.fid.real_features_num_samples),
         }
         if self.with_is:
-            mean, std = inception_score(torch.cat(logits), self.splits)
+            probe = torch.zeros(1, self.extractor.num_features, device=_device_of(self.extractor))
+            width = self.extractor.logits_from_features(probe).shape[1]
+            mean, std = inception_score(shards.collect(n, logit_parts, (width,)), self.splits)
             out[f"is_{self.name}"], out[f"is_{self.name}_std"] = mean, std
             out["is_splits"] = self.splits
         return out
@@ -172,16 +194,17 @@ def classwise_fid(real: Tensor, real_labels: Tensor, fake: Tensor, fake_labels: 
     return out
 
 
-def real_images(datamodule, num_real: int, batch_size: int) -> DataLoader:
+def real_images(datamodule, num_real: int, batch_size: int, num_workers: int = 0) -> DataLoader:
     """``num_real`` evenly spaced train images ``(x, y)``, no augmentation: the real side of FID."""
-    return DataLoader(datamodule.real_eval_dataset(int(num_real)), batch_size=int(batch_size), num_workers=0)
+    return DataLoader(datamodule.real_eval_dataset(int(num_real)), batch_size=int(batch_size),
+                      num_workers=int(num_workers), worker_init_fn=ignore_preemption_signals)
 
 
 def sample_quality(fid_cfg: Mapping[str, Any], extractor: nn.Module, datamodule,
-                   real_feature_batches: Iterable[Tensor] | None = None) -> SampleQuality:
+                   real_feature_batches: Iterable[Tensor] | None = None, num_workers: int = 0) -> SampleQuality:
     """FID/IS scorer against ``fid.num_real`` train images (statistics cached by dataset, split,
     extractor and size); ``real_feature_batches`` reuses features computed elsewhere."""
-    loader = real_images(datamodule, fid_cfg["num_real"], fid_cfg["batch_size"])
+    loader = real_images(datamodule, fid_cfg["num_real"], fid_cfg["batch_size"], num_workers)
     n_real = len(loader.dataset)
     cache = statistics_cache(fid_cfg.get("cache_dir"), datamodule.name, "train", extractor_name(extractor), n_real)
     if real_feature_batches is None:

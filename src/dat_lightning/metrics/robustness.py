@@ -15,6 +15,8 @@ import pyautoattack
 import torch
 from torch import Tensor, nn
 
+from dat_lightning.sharding import Shards
+
 NORM_NAMES = {"l2": "L2", "linf": "Linf", "l1": "L1"}
 ATTACKS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
 
@@ -77,8 +79,13 @@ def autoattack(
     n_iter: int | None = None,
     batch_size: int = 250,
     seed: int = 0,
+    shards: Shards | None = None,
 ) -> dict[str, Any]:
     """Robust accuracy of ``model`` on ``(x, y)`` under AutoAttack.
+
+    The examples are attacked in fixed chunks of ``batch_size``, chunk ``c`` with the seed
+    ``seed + c``, so each example's result does not depend on how many processes (``shards``)
+    share the chunks; every process gets the same numbers.
 
     Args:
         model: eval-mode classifier on images in [0, 1] (checked).
@@ -104,36 +111,49 @@ def autoattack(
     elif n_restarts is not None or n_iter is not None:
         raise ValueError(f"n_restarts / n_iter only apply to a custom attack list, not version={version}")
     device = next(model.parameters()).device
-    adversary = pyautoattack.AutoAttack(model, attacks=list(attacks) if attacks else None, device=device,
-                                        eps=float(eps), norm=norm, seed=seed, version=version)
-    for attack in (adversary.apgd, adversary.apgd_targeted):
-        if n_restarts is not None:
-            attack.n_restarts = int(n_restarts)
-        if n_iter is not None:
-            attack.n_iter = int(n_iter)
+    shards = shards or Shards()
+
+    def adversary_for(chunk: int):
+        adversary = pyautoattack.AutoAttack(model, attacks=list(attacks) if attacks else None, device=device,
+                                            eps=float(eps), norm=norm, seed=seed + chunk, version=version)
+        for attack in (adversary.apgd, adversary.apgd_targeted):
+            if n_restarts is not None:
+                attack.n_restarts = int(n_restarts)
+            if n_iter is not None:
+                attack.n_iter = int(n_iter)
+        return adversary
+
     logging.getLogger("auto-attack").setLevel(logging.DEBUG)  # its progress lines are debug messages
-    x_adv, _ = adversary.run_standard_evaluation(x.to(device), y.to(device), batch_size=batch_size)
-    x_adv = x_adv.cpu()
+    y = y.cpu()
+    robust, clean, norms = [], [], []
+    for chunk, rows in shards.chunks(len(x), batch_size):
+        xb, yb = x[rows.start : rows.stop].cpu(), y[rows.start : rows.stop]
+        x_adv, _ = adversary_for(chunk).run_standard_evaluation(xb.to(device), yb.to(device), batch_size=batch_size)
+        x_adv = x_adv.cpu()
+        check_unit_interval(x_adv, "adversarial examples")
+        norms.append((rows, perturbation_norms(x_adv, xb, norm)))
+        robust.append((rows, predictions(model, x_adv, batch_size) == yb))
+        clean.append((rows, predictions(model, xb, batch_size) == yb))
     # The attack must have stayed inside the threat model, or the number means nothing.
-    worst = float(perturbation_norms(x_adv, x.cpu(), norm).max())
+    worst = float(shards.collect(len(x), norms).max())
     if worst > eps * (1 + 1e-4) + 1e-6:
         raise RuntimeError(f"AutoAttack returned a perturbation of {norm} norm {worst:.5f} > eps={eps}")
-    check_unit_interval(x_adv, "adversarial examples")
     check_eval_mode(model)  # nothing in the attack may have switched the model to train mode
-    y = y.cpu()
+    reference = adversary_for(0)
     return {
-        "robust_accuracy": float((predictions(model, x_adv, batch_size) == y).float().mean()),
-        "clean_accuracy": float((predictions(model, x, batch_size) == y).float().mean()),
+        "robust_accuracy": float(shards.collect(len(x), robust, dtype=torch.bool).float().mean()),
+        "clean_accuracy": float(shards.collect(len(x), clean, dtype=torch.bool).float().mean()),
         "threat_model": {
             "norm": norm,
             "eps": float(eps),
             "units": "pixels of images in [0, 1]",
             "n_examples": len(x),
             "version": version,
-            "attacks": list(adversary.attacks_to_run),
-            "apgd_restarts": adversary.apgd.n_restarts,
-            "apgd_iterations": adversary.apgd.n_iter,
+            "attacks": list(reference.attacks_to_run),
+            "apgd_restarts": reference.apgd.n_restarts,
+            "apgd_iterations": reference.apgd.n_iter,
             "seed": seed,
+            "seeds": f"seed + c for chunk c of {batch_size} examples",
             "max_perturbation": worst,
             "library": f"pyautoattack {pyautoattack.__version__}",
         },

@@ -29,24 +29,18 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
-import os
-import platform
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from lightning.pytorch import Callback, Trainer
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.flop_counter import flop_registry
 
+from bench.measure import FlopCount, best_time, describe_device, peak_flops, peak_memory_mb, sync
 from dat_lightning.batchnorm import eval_mode, freeze_batchnorm
 from dat_lightning.callbacks import FreezeBatchNorm
 from dat_lightning.models import build_classifier
@@ -87,29 +81,9 @@ GPU_CONFIGS = [
            num_classes=1000, optimizer="adamw"),
 ]
 # Dense peak FLOP/s (no sparsity) by device-name substring: (fp32 without tensor cores, bf16).
-PEAK_FLOPS = {"H200": (66.9e12, 989.4e12), "H100 PCIe": (51.2e12, 756.5e12), "H100": (66.9e12, 989.4e12),
-              "A100": (19.5e12, 312e12), "L40S": (91.6e12, 362e12)}
 
 
 # -- building blocks --------------------------------------------------------------------------
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def best_time(fn: Callable[[], Any], reps: int, device: str, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
-
 
 def build_module(cfg: Config, tmpdir: str, fused: bool = True, compile_: bool = False) -> DATModule:
     """A DATModule in stage two from the first step (a saved copy of the net as "stage one")."""
@@ -252,27 +226,6 @@ def fused_unfused_difference(cfg: Config, tmpdir: str) -> float:
     return max(diffs)
 
 
-def peak_memory_mb(fn: Callable[[], Any], device: str) -> float:
-    """Peak of the memory allocated while ``fn`` runs, above what was allocated before it."""
-    if device.startswith("cuda"):
-        sync(device)
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        sync(device)
-        return (torch.cuda.max_memory_allocated() - before) / 2**20
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    with tempfile.TemporaryDirectory() as tmpdir:
-        path = os.path.join(tmpdir, "trace.json")
-        prof.export_chrome_trace(path)
-        events = json.loads(Path(path).read_text())["traceEvents"]
-    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
-    return max(totals, default=0) / 2**20
-
-
 def step_peak_memory(cfg: Config, chain_steps: int, device: str, fused: bool, tmpdir: str) -> float:
     """Peak memory of one stage-two step (attack, chain, loss, backward, optimizer step) at T."""
     module = build_module(cfg, tmpdir, fused=fused).to(device)
@@ -350,26 +303,6 @@ def memory_section(device: str, tmpdir: str) -> list[dict]:
     return rows
 
 
-class FlopCount(TorchDispatchMode):
-    """FLOPs of the matmuls and convolutions run inside (``torch.utils.flop_counter``'s formulas).
-
-    ``FlopCounterMode`` itself also tracks modules with backward hooks, which do not support
-    ``torch.autograd.grad`` with respect to inputs, i.e. every attack and chain step.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
-        if formula is not None:
-            self.total += formula(*args, **kwargs, out_val=out)
-        return out
-
-
 def step_flops(cfg: Config, tmpdir: str, device: str) -> float:
     """FLOPs of one (fused, fp32) stage-two step: forward and backward of every pass."""
     module = build_module(cfg, tmpdir).to(device)
@@ -379,17 +312,6 @@ def step_flops(cfg: Config, tmpdir: str, device: str) -> float:
         loss, _ = module.stage_two_loss(*args)
         loss.backward()
     return float(counter.total)
-
-
-def peak_flops(bf16: bool, overrides: dict[str, float | None]) -> float | None:
-    key = "bf16" if bf16 else "fp32"
-    if overrides.get(key):
-        return overrides[key] * 1e12
-    name = torch.cuda.get_device_name()
-    for pattern, peaks in PEAK_FLOPS.items():
-        if pattern in name:
-            return peaks[1] if bf16 else peaks[0]
-    return None
 
 
 def gpu_section(quick: bool, tmpdir: str, overrides: dict[str, float | None], device: str = "cuda") -> list[dict]:
@@ -441,14 +363,6 @@ def markdown(main_rows: list[dict], memory_rows: list[dict], gpu_rows: list[dict
             lines.append(f"| {r['config']} | {r['mode']} | {r['img_s']:.1f} | {r['step_s']:.3f} "
                          f"| {r['tflops']:.1f} | {mfu} |")
     return "\n".join(lines)
-
-
-def describe_device(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown CPU")
-    return f"{model}, {torch.get_num_threads()} torch threads"
 
 
 def main(argv: list[str] | None = None) -> None:

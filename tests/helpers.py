@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -240,3 +241,10 @@ def fake_images(n: int, seed: int, channels: int = 1, size: int = 28, classes: i
 def grads(net: torch.nn.Module) -> list:
     """Copies of every parameter's gradient (None where there is none)."""
     return [None if p.grad is None else p.grad.clone() for p in net.parameters()]
+
+
+def write_tiny_images(path: Path, count: int) -> np.ndarray:
+    """Tiny Images format: each 32x32x3 image flattened in Fortran (column-major) order."""
+    images = np.random.default_rng(3).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+    path.write_bytes(b"".join(img.reshape(-1, order="F").tobytes() for img in images))
+    return images

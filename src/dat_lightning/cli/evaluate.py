@@ -13,11 +13,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import hydra
-from lightning.pytorch import seed_everything
 from omegaconf import DictConfig, OmegaConf
 
 from dat_lightning.cli.app import in_run_directory, launch
-from dat_lightning.cli.instantiate import make_fabric, make_loggers
+from dat_lightning.cli.instantiate import launch_sharded, make_loggers
 from dat_lightning.cli.settings_checks import EVALUATION_METRICS, check_evaluate_settings
 from dat_lightning.config import CONFIG_DIR, register_resolvers
 from dat_lightning.evaluation import Evaluation
@@ -28,7 +27,6 @@ from dat_lightning.reporting import (
     log_pictures,
     write_json,
 )
-from dat_lightning.sharding import Shards
 
 register_resolvers()
 
@@ -37,9 +35,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.metrics`` on ``cfg.ckpt``; returns the report written to ``report.json``."""
     started = time.time()
     check_evaluate_settings(cfg)
-    fabric = make_fabric(cfg.trainer)
-    seed_everything(int(cfg.seed), workers=True)
-    shards = Shards.of_fabric(fabric)
+    fabric, shards = launch_sharded(cfg)
     ev = Evaluation(cfg, fabric.device, shards, fabric.autocast)
     report: dict[str, Any] = {
         "checkpoint": str(ev.run.path), "ema": bool(cfg.ema), "config": cfg.get("config"),

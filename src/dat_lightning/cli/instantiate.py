@@ -29,6 +29,18 @@ def make_loggers(group: DictConfig | None) -> list[Logger]:
     return instantiate_all(group)
 
 
+def launch_sharded(cfg: DictConfig):
+    """The launched Fabric of ``cfg.trainer`` (:func:`make_fabric`), seeded with ``cfg.seed``, and
+    this process's :class:`~dat_lightning.sharding.Shards`: how ``sample`` and ``evaluate`` start."""
+    from lightning.pytorch import seed_everything
+
+    from dat_lightning.sharding import Shards
+
+    fabric = make_fabric(cfg.trainer)
+    seed_everything(int(cfg.seed), workers=True)
+    return fabric, Shards.of_fabric(fabric)
+
+
 def make_fabric(trainer_cfg: DictConfig):
     """A launched Lightning Fabric for the ``trainer`` group of a config (accelerator, devices,
     nodes, strategy, precision and its plugins), so that ``sample`` and ``evaluate`` run on the

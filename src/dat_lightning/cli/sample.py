@@ -16,14 +16,13 @@ from typing import Any
 
 import hydra
 import torch
-from lightning.pytorch import seed_everything
 from omegaconf import DictConfig
 from torch.utils.data import Dataset
 from torchvision.utils import save_image
 
 from dat_lightning.checkpoints.loading import LoadedRun, build_datamodule, load_run
 from dat_lightning.cli.app import in_run_directory, launch
-from dat_lightning.cli.instantiate import make_fabric, make_loggers
+from dat_lightning.cli.instantiate import launch_sharded, make_loggers
 from dat_lightning.cli.settings_checks import check_sample_settings
 from dat_lightning.config import CONFIG_DIR, register_resolvers
 from dat_lightning.figures import plot_curve
@@ -90,9 +89,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Sample (or sweep) as ``cfg`` says; returns the settings written to ``settings.json``."""
     started = time.time()
     check_sample_settings(cfg)
-    fabric = make_fabric(cfg.trainer)
-    seed_everything(int(cfg.seed), workers=True)
-    shards = Shards.of_fabric(fabric)
+    fabric, shards = launch_sharded(cfg)
     loaded = load_run(cfg.ckpt, ema=bool(cfg.ema), config=cfg.get("config"), format=cfg.get("format", "auto"))
     loaded.net.to(fabric.device)
     settings = SamplingSettings.resolve(cfg.sampling, loaded)

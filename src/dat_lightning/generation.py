@@ -148,9 +148,10 @@ def draw_samples(net: nn.Module, source: Dataset, settings: SamplingSettings, nu
 
 
 def sample_grid(x: Tensor, labels: Tensor, num_classes: int, per_class: int, conditional: bool) -> Tensor:
-    """A grid image: rows = classes (``per_class`` samples each) when conditional, else square."""
+    """A grid image: rows = classes (``per_class`` samples each) when conditional, else square.
+    Classes without samples (fewer samples than classes) have no row."""
     if conditional:
-        rows = [x[labels == c][:per_class] for c in range(num_classes)]
+        rows = [x[labels == c][:per_class] for c in range(num_classes) if bool((labels == c).any())]
         per_class = min(per_class, min(len(r) for r in rows))
         images = torch.cat([r[:per_class] for r in rows])
         return make_grid(images, nrow=per_class, padding=1, pad_value=1.0)

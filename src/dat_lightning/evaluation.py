@@ -46,10 +46,8 @@ from dat_lightning.metrics.quality import (
     classwise_fid,
     extractor_name,
     features_of,
-    real_features,
-    real_images,
+    real_feature_set,
     sample_quality,
-    statistics_cache,
 )
 from dat_lightning.sharding import Shards
 
@@ -71,7 +69,7 @@ class Evaluation:
         self.cfg, self.device, self.autocast = cfg, torch.device(device), autocast
         self.shards = shards or Shards()
         self.run: LoadedRun = load_run(cfg.ckpt, ema=bool(cfg.ema), config=cfg.get("config"),
-                                       format=cfg.get("format", "auto"))
+                                       format=cfg.get("format", "auto"), net_overrides=cfg.get("net_overrides"))
         self.net: nn.Module = self.run.net.to(self.device)
         self.num_classes = int(self.net.num_classes)
         self.dm = build_datamodule(self.run, cfg.get("data_overrides"), batch_size=int(cfg.batch_size),
@@ -80,8 +78,8 @@ class Evaluation:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.pictures: dict[str, Path] = {}
         self._test: tuple[Tensor, Tensor] | None = None
-        self._extractor: nn.Module | None = None
-        self._real: tuple[Tensor, Tensor] | None = None
+        self._extractors: dict[str | None, nn.Module] = {}
+        self._real: dict[str | None, tuple[Tensor, Tensor]] = {}
 
     # -- shared pieces -----------------------------------------------------------------------
     def progress(self, iterable, desc: str):
@@ -122,32 +120,32 @@ class Evaluation:
                           self.shards.collect(len(test), labels, dtype=torch.long))
         return self._test
 
-    def extractor(self) -> nn.Module:
-        if self._extractor is None:
-            self._extractor = build_feature_extractor(self.cfg.fid).to(self.device)
-        return self._extractor
+    def fid_config(self, extra: str | None = None) -> DictConfig:
+        """``fid``, or for one of ``fid.extra_extractors`` the same with that extractor (and no
+        reference statistics, which belong to the main extractor)."""
+        if extra is None:
+            return self.cfg.fid
+        return OmegaConf.merge(self.cfg.fid, {"extractor": extra, "weights_path": None, "reference": None})
 
-    def real_features(self) -> tuple[Tensor, Tensor]:
+    def extractor(self, extra: str | None = None) -> nn.Module:
+        if extra not in self._extractors:
+            channels = int(self.run.config.data.channels)
+            self._extractors[extra] = build_feature_extractor(self.fid_config(extra), channels).to(self.device)
+        return self._extractors[extra]
+
+    def real_features(self, extra: str | None = None) -> tuple[Tensor, Tensor]:
         """Extractor features and labels of the ``fid.num_real`` real train images (cached file),
-        shared by FID and the class-wise FID of counterfactuals. With a cache the main process
-        computes them first and the others read its file."""
-        if self._real is None:
-            loader = real_images(self.dm, self.cfg.fid.num_real, self.cfg.fid.batch_size, int(self.cfg.num_workers))
-            n_real = len(loader.dataset)
-            cache = statistics_cache(self.cfg.fid.get("cache_dir"), self.dm.name, "train",
-                                     extractor_name(self.extractor()), n_real, kind="features")
-            if cache is not None and not self.shards.is_main:
-                self.shards.wait()  # the main process fills the cache first
-            cached = cache is not None and cache.is_file()
-            status = (f"cached in {cache}" if cached else f"computing (cache file {cache})" if cache
-                      else "computing (fid.cache_dir is null: not cached)")
-            if self.shards.is_main:
-                print(f"[evaluate] real-image features of {n_real} train images: {status}", flush=True)
-            batches = loader if cached else self.progress(loader, "real features")
-            self._real = real_features(self.extractor(), batches, cache)
-            if cache is not None and self.shards.is_main:
-                self.shards.wait()
-        return self._real
+        shared by FID, precision/recall, KID and the class-wise FID of counterfactuals."""
+        if extra not in self._real:
+            self._real[extra] = real_feature_set(self.fid_config(extra), self.extractor(extra), self.dm,
+                                                 int(self.cfg.num_workers), self.shards, who="evaluate")
+        return self._real[extra]
+
+    def sample_quality(self, parts: list[tuple[range, Tensor]], n: int, extra: str | None = None) -> dict[str, Any]:
+        """The scores of the samples ``parts`` with the main extractor or one of the extra ones."""
+        cfg = self.fid_config(extra)
+        real = None if cfg.get("reference") else self.real_features(extra)[0]
+        return sample_quality(cfg, self.extractor(extra), real).score(parts, n, self.shards)
 
     def picture(self, key: str, path: Path) -> str:
         self.pictures[key] = path
@@ -197,11 +195,9 @@ class Evaluation:
         if self.shards.is_main:
             labels = torch.arange(len(grid)) % k
             save_image(sample_grid(grid, labels, k, GRID_PER_CLASS, settings.conditional), path)
-        feats, _ = self.real_features()
-        scorer = sample_quality(self.cfg.fid, self.extractor(), self.dm,
-                                torch.split(feats, int(self.cfg.fid.batch_size)))
-        scores = scorer.score(parts, n, self.shards)
-        return scores | {"sampling": asdict(settings) | {"seed_source": repr(source)},
+        scores = self.sample_quality(parts, n)
+        extras = {name: self.sample_quality(parts, n, name) for name in self.cfg.fid.get("extra_extractors") or []}
+        return scores | ({"extra": extras} if extras else {}) | {"sampling": asdict(settings) | {"seed_source": repr(source)},
                          "samples_grid": self.picture("fid/samples_grid", path)}
 
     def counterfactual(self) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from dat_lightning.generation import (
     seed_source,
 )
 from dat_lightning.metrics.extractors import build_feature_extractor
-from dat_lightning.metrics.quality import sample_quality
+from dat_lightning.metrics.quality import real_feature_set, sample_quality
 from dat_lightning.reporting import close_loggers, log_numbers, log_pictures, write_json
 from dat_lightning.sharding import Shards
 
@@ -46,13 +46,11 @@ def run_sweep(cfg: DictConfig, run: LoadedRun, settings: SamplingSettings, sourc
               shards: Shards, out_dir: Path) -> dict[str, Any]:
     """FID (and IS) of the same seeds for every chain length in ``cfg.sweep``."""
     steps_list = [int(t) for t in cfg.sweep]
-    extractor = build_feature_extractor(cfg.fid).to(device)
+    extractor = build_feature_extractor(cfg.fid, image_shape(run)[0]).to(device)
     dm = build_datamodule(run, cfg.get("data_overrides"), num_workers=int(cfg.num_workers))
-    if not shards.is_main:
-        shards.wait()  # the main process fills the real statistics' cache first
-    scorer = sample_quality(cfg.fid, extractor, dm, num_workers=int(cfg.num_workers))
-    if shards.is_main:
-        shards.wait()
+    real = None if cfg.fid.get("reference") else real_feature_set(
+        cfg.fid, extractor, dm, int(cfg.num_workers), shards, who="sample")[0]
+    scorer = sample_quality(cfg.fid, extractor, real)
     k, n = run.net.num_classes, settings.num_samples
     rows, loggers = [], make_loggers(cfg.get("logger")) if shards.is_main else []
     for steps in steps_list:
@@ -90,7 +88,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     check_sample_settings(cfg)
     fabric, shards = launch_sharded(cfg)
-    loaded = load_run(cfg.ckpt, ema=bool(cfg.ema), config=cfg.get("config"), format=cfg.get("format", "auto"))
+    loaded = load_run(cfg.ckpt, ema=bool(cfg.ema), config=cfg.get("config"), format=cfg.get("format", "auto"),
+                      net_overrides=cfg.get("net_overrides"))
     loaded.net.to(fabric.device)
     settings = SamplingSettings.resolve(cfg.sampling, loaded)
     source = seed_source(loaded, settings.seeds, settings.seed_offset + settings.num_samples)

@@ -66,3 +66,14 @@ def fill_real_statistics(
         fid.update(images.to(fid.device), real=True)
     if cache is not None:
         atomic_torch_save({name: getattr(fid, name).cpu() for name in _REAL_STATES}, cache)
+
+
+def fill_reference_statistics(fid: FrechetInceptionDistance, mu: Tensor, sigma: Tensor) -> None:
+    """Make ``(mu, sigma)`` the real side of ``fid``: the feature sums of two samples whose mean is
+    ``mu`` and unbiased covariance ``sigma`` (what torchmetrics turns back into ``mu`` and ``sigma``)."""
+    n = 2
+    mu, sigma = mu.double().to(fid.device), sigma.double().to(fid.device)
+    fid.real_features_sum.copy_(n * mu)
+    fid.real_features_cov_sum.copy_((n - 1) * sigma + n * torch.outer(mu, mu))
+    fid.real_features_num_samples.fill_(n)
+

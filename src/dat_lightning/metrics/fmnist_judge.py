@@ -111,6 +111,7 @@ class FashionMNISTJudgeFeatures(nn.Module):
         self.net.load_state_dict(state)
         self.net.eval().requires_grad_(False)
         self.name = f"fmnist_cnn_{_weights_tag(path)}"
+        self.source = f"Fashion-MNIST judge CNN ({path})"
 
     def train(self, mode: bool = True) -> FashionMNISTJudgeFeatures:
         return super().train(False)  # a metric's network never trains

@@ -1,9 +1,10 @@
-"""Sample quality: FID and Inception Score over a named feature extractor (torchmetrics).
+"""Sample quality: FID, Inception Score, precision/recall and KID over a named feature extractor.
 
-Every score is labelled with its extractor (``fid_<name>``, ``is_<name>``): only the ``inception``
-extractor gives Inception FID / IS; the offline ``cifar10_resnet18`` scores are a different scale.
-Features are computed once per image and fed to torchmetrics through :class:`PrecomputedFeatures`,
-so FID and IS share one pass, and class-wise FID reuses the same real features.
+Every score is labelled with its extractor (``fid_<name>``, ``is_<name>``, ...) and the report
+with the extractor's source: only the ``inception`` extractor gives Inception FID / IS / KID; the
+offline ``cifar10_resnet18`` scores are a different scale. Features are computed once per image
+and shared by every score (FID through torchmetrics with :class:`PrecomputedFeatures`); class-wise
+FID reuses the same real features.
 """
 
 from __future__ import annotations
@@ -17,10 +18,22 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchmetrics.image.inception import InceptionScore
+from tqdm.auto import tqdm
 
 from dat_lightning.checkpoints.writing import atomic_torch_save
 from dat_lightning.data.faults import ignore_preemption_signals
-from dat_lightning.metrics.fid import FAKE_STATES, checked_fid, fill_real_statistics, make_fid
+from dat_lightning.metrics.feature_sets import (
+    kernel_inception_distance,
+    precision_recall,
+    read_reference,
+)
+from dat_lightning.metrics.fid import (
+    FAKE_STATES,
+    checked_fid,
+    fill_real_statistics,
+    fill_reference_statistics,
+    make_fid,
+)
 from dat_lightning.sharding import Shards
 
 
@@ -55,8 +68,9 @@ def features_of(extractor: nn.Module, batches: Iterable[Tensor]) -> Iterator[Ten
 
 def statistics_cache(cache_dir: str | Path | None, dataset: str, split: str, extractor: str,
                      size: int, kind: str = "fid") -> Path | None:
-    """``<cache_dir>/<dataset>_<split>_<kind>_<extractor>_<size>.pt``; the ``fid`` kind is the file
-    the training FID callback writes too, so both share real statistics."""
+    """``<cache_dir>/<dataset>_<split>_<kind>_<extractor>_<size>.pt``: kind ``fid`` holds the feature
+    moments the training FID callback needs, kind ``features`` the features themselves (``sample``
+    and ``evaluate``: precision/recall and KID need them)."""
     if cache_dir is None:
         return None
     return Path(cache_dir) / f"{dataset}_{split}_{kind}_{extractor}_{size}.pt"
@@ -86,43 +100,66 @@ def inception_score(logits: Tensor, splits: int = 10, seed: int = 0) -> tuple[fl
     return float(mean), float(std)
 
 
-def check_extractor(extractor: nn.Module, inception_score: bool) -> None:
-    """Fail before any sampling if the extractor cannot give what was asked for."""
-    name = extractor_name(extractor)
+def has_head(extractor: nn.Module) -> bool:
+    """Whether ``extractor`` gives class logits (``logits_from_features``), which IS needs."""
+    return callable(getattr(extractor, "logits_from_features", None))
+
+
+def extractor_source(extractor: nn.Module) -> str:
+    """Where the extractor's weights come from (``source``), for reports."""
+    return str(getattr(extractor, "source", extractor_name(extractor)))
+
+
+def check_extractor(extractor: nn.Module) -> None:
+    """Fail before any sampling if the extractor cannot give features."""
     if not isinstance(getattr(extractor, "num_features", None), int):
-        raise ValueError(f"feature extractor {name} needs an int attribute num_features (the feature size)")
-    if inception_score and not hasattr(extractor, "logits_from_features"):
-        raise ValueError(
-            f"the Inception Score needs class logits, but feature extractor {name} has no "
-            "logits_from_features(features) method: add one, or set fid.inception_score=false"
-        )
+        raise ValueError(f"feature extractor {extractor_name(extractor)} needs an int attribute num_features "
+                         "(the feature size)")
 
 
 class SampleQuality:
-    """FID (and IS) of batches of generated images against real statistics computed once.
+    """Scores of generated images against a real side fixed once: FID, and on request IS (when the
+    extractor has a head), improved precision/recall and KID, all on the same features.
 
     Args:
-        extractor: images in [0, 1] -> features; has ``num_features``, ``name`` and, for IS,
-            ``logits_from_features``.
-        real_features: batches of the real images' features, e.g. ``features_of(extractor,
-            images)`` (only read when ``cache`` does not exist yet).
-        cache: file for the real statistics (see :func:`statistics_cache`).
-        inception_score: also compute IS from the extractor's logits.
-        splits: IS splits (10 in the protocol).
+        extractor: images in [0, 1] -> features; has ``num_features``, ``name``, optionally
+            ``source`` and, for IS, ``logits_from_features``.
+        real: the real images' features (``N x num_features``), or None with ``reference``.
+        reference: ``(mu, sigma)`` of real features computed elsewhere (FID only).
+        reference_name: how the report names that reference.
+        inception_score, splits: IS over ``splits`` splits (10 in the protocol).
+        precision_recall, neighborhood: improved precision/recall with k = ``neighborhood``.
+        kid, kid_subsets, kid_subset_size: KID over random subsets.
     """
 
-    def __init__(self, extractor: nn.Module, real_features: Iterable[Tensor], cache: str | Path | None = None,
-                 inception_score: bool = True, splits: int = 10) -> None:
-        check_extractor(extractor, inception_score)
-        self.extractor = extractor
-        self.name = extractor_name(extractor)
-        self.with_is = inception_score
-        self.splits = splits
+    def __init__(self, extractor: nn.Module, real: Tensor | None = None,
+                 reference: tuple[Tensor, Tensor] | None = None, reference_name: str | None = None, *,
+                 inception_score: bool = True, splits: int = 10, precision_recall: bool = False,
+                 neighborhood: int = 3, kid: bool = False, kid_subsets: int = 100,
+                 kid_subset_size: int = 1000) -> None:
+        check_extractor(extractor)
+        if (real is None) == (reference is None):
+            raise ValueError("SampleQuality needs either real features or reference statistics")
+        self.extractor, self.name = extractor, extractor_name(extractor)
+        self.with_is, self.splits = bool(inception_score), int(splits)
+        self.real = real
+        self.pr = {"neighborhood": int(neighborhood)} if precision_recall and real is not None else None
+        self.kid = {"subsets": int(kid_subsets), "subset_size": int(kid_subset_size)} if kid and real is not None else None
         device = _device_of(extractor)
         self.fid = make_fid(PrecomputedFeatures(extractor.num_features)).to(device)
-        fill_real_statistics(self.fid, (f.to(device) for f in real_features), cache)
+        if reference is not None:
+            fill_reference_statistics(self.fid, *reference)
+        else:
+            fill_real_statistics(self.fid, (f.to(device) for f in torch.split(real, 1000)))
+        self.real_side = reference_name if reference is not None else f"{len(real)} real images"
+        self.not_computed: dict[str, str] = {}
+        if self.with_is and not has_head(extractor):
+            self.not_computed["inception_score"] = (f"{self.name} ({extractor_source(extractor)}) has no "
+                                                    "classification head")
+        if reference is not None and (precision_recall or kid):
+            self.not_computed["precision_recall_kid"] = "fid.reference gives statistics only, no real features"
 
-    def __call__(self, fake_batches: Iterable[Tensor]) -> dict[str, float | int | str]:
+    def __call__(self, fake_batches: Iterable[Tensor]) -> dict[str, Any]:
         """Scores of the generated images, all in this process."""
         parts, start = [], 0
         for batch in fake_batches:
@@ -130,34 +167,53 @@ class SampleQuality:
             start += len(batch)
         return self.score(parts, start)
 
-    def score(self, parts: Iterable[tuple[range, Tensor]], n: int,
-              shards: Shards | None = None) -> dict[str, float | int | str]:
+    def score(self, parts: Iterable[tuple[range, Tensor]], n: int, shards: Shards | None = None) -> dict[str, Any]:
         """Scores of ``n`` generated images, which the processes of ``shards`` hold in ``parts``
-        (item indices, images): feature moments are summed over the processes, IS logits
-        collected in item order, so the scores do not depend on how the items were shared."""
+        (item indices, images): feature moments are summed over the processes, IS logits and
+        the features of precision/recall and KID collected in item order, so the scores do not
+        depend on how the items were shared."""
         shards = shards or Shards()
         self.fid.reset()  # keeps the real statistics (reset_real_features=False)
-        logit_parts = []
+        with_is = self.with_is and has_head(self.extractor)
+        keep_features = self.pr is not None or self.kid is not None
+        logit_parts, feature_parts = [], []
         for rows, images in parts:
             (features,) = features_of(self.extractor, [images])
             self.fid.update(features, real=False)
-            if self.with_is:
+            if with_is:
                 logit_parts.append((rows, self.extractor.logits_from_features(features).float().cpu()))
+            if keep_features:
+                feature_parts.append((rows, features.cpu()))
         for name in FAKE_STATES:
             state = getattr(self.fid, name)
             state.copy_(shards.sum(state.cpu()).to(state.device))
-        out: dict[str, float | int | str] = {
-            "extractor": self.name,
+        out: dict[str, Any] = {
+            "extractor": self.name, "extractor_source": extractor_source(self.extractor), "real": self.real_side,
             f"fid_{self.name}": checked_fid(self.fid, f"FID ({self.name})"),
             "num_samples": int(self.fid.fake_features_num_samples),
-            "num_real": int(self.fid.real_features_num_samples),
+            "num_real": int(self.fid.real_features_num_samples) if self.real is not None else None,
         }
-        if self.with_is:
+        if with_is:
             probe = torch.zeros(1, self.extractor.num_features, device=_device_of(self.extractor))
             width = self.extractor.logits_from_features(probe).shape[1]
             mean, std = inception_score(shards.collect(n, logit_parts, (width,)), self.splits)
             out[f"is_{self.name}"], out[f"is_{self.name}_std"] = mean, std
             out["is_splits"] = self.splits
+        if keep_features:
+            fake = shards.collect(n, feature_parts, (self.extractor.num_features,))
+            out |= self._feature_set_scores(fake)
+        return out | {f"{key}_not_computed": why for key, why in self.not_computed.items()}
+
+    def _feature_set_scores(self, fake: Tensor) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.pr is not None:
+            pr = precision_recall(self.real, fake, self.pr["neighborhood"])
+            out |= {f"precision_{self.name}": pr["precision"], f"recall_{self.name}": pr["recall"],
+                    "pr_neighborhood": self.pr["neighborhood"]}
+        if self.kid is not None:
+            kid = kernel_inception_distance(self.real, fake, self.kid["subsets"], self.kid["subset_size"])
+            out |= {f"kid_{self.name}": kid["kid"], f"kid_{self.name}_std": kid["kid_std"],
+                    "kid_subset_size": kid["kid_subset_size"], "kid_subsets": self.kid["subsets"]}
         return out
 
 
@@ -200,14 +256,44 @@ def real_images(datamodule, num_real: int, batch_size: int, num_workers: int = 0
                       num_workers=int(num_workers), worker_init_fn=ignore_preemption_signals)
 
 
-def sample_quality(fid_cfg: Mapping[str, Any], extractor: nn.Module, datamodule,
-                   real_feature_batches: Iterable[Tensor] | None = None, num_workers: int = 0) -> SampleQuality:
-    """FID/IS scorer against ``fid.num_real`` train images (statistics cached by dataset, split,
-    extractor and size); ``real_feature_batches`` reuses features computed elsewhere."""
+def real_feature_set(fid_cfg: Mapping[str, Any], extractor: nn.Module, datamodule, num_workers: int = 0,
+                     shards: Shards | None = None, who: str = "evaluate") -> tuple[Tensor, Tensor]:
+    """Features and labels of the ``fid.num_real`` evenly spaced train images, cached by dataset,
+    extractor and size under ``fid.cache_dir``. With a cache the main process computes them first
+    and the others read its file; the main process says whether they came from the cache."""
+    shards = shards or Shards()
     loader = real_images(datamodule, fid_cfg["num_real"], fid_cfg["batch_size"], num_workers)
     n_real = len(loader.dataset)
-    cache = statistics_cache(fid_cfg.get("cache_dir"), datamodule.name, "train", extractor_name(extractor), n_real)
-    if real_feature_batches is None:
-        real_feature_batches = features_of(extractor, (x for x, _ in loader))
-    return SampleQuality(extractor, real_feature_batches, cache,
-                         inception_score=bool(fid_cfg["inception_score"]), splits=int(fid_cfg["splits"]))
+    cache = statistics_cache(fid_cfg.get("cache_dir"), datamodule.name, "train", extractor_name(extractor), n_real,
+                             kind="features")
+    if cache is not None and not shards.is_main:
+        shards.wait()  # the main process fills the cache first
+    cached = cache is not None and cache.is_file()
+    status = (f"cached in {cache}" if cached else f"computing (cache file {cache})" if cache
+              else "computing (fid.cache_dir is null: not cached)")
+    if shards.is_main:
+        print(f"[{who}] real-image features of {n_real} train images: {status}; extractor "
+              f"{extractor_name(extractor)}", flush=True)
+    batches = loader if cached else tqdm(loader, desc="real features", leave=False, disable=not shards.is_main)
+    features = real_features(extractor, batches, cache)
+    if cache is not None and shards.is_main:
+        shards.wait()
+    return features
+
+
+def sample_quality(fid_cfg: Mapping[str, Any], extractor: nn.Module, real: Tensor | None = None) -> SampleQuality:
+    """The scorer ``fid_cfg`` describes: against ``real`` features (see :func:`real_feature_set`)
+    or, with ``fid.reference``, against statistics read from that file."""
+    reference = fid_cfg.get("reference")
+    if reference:
+        stats = read_reference(reference, int(extractor.num_features))
+        real, name = None, f"reference statistics {reference}"
+    elif real is None:
+        raise ValueError("sample_quality needs the real features (real_feature_set) or fid.reference")
+    else:
+        stats, name = None, None
+    return SampleQuality(
+        extractor, real, stats, name, inception_score=bool(fid_cfg["inception_score"]), splits=int(fid_cfg["splits"]),
+        precision_recall=bool(fid_cfg.get("precision_recall", False)), neighborhood=int(fid_cfg.get("neighborhood", 3)),
+        kid=bool(fid_cfg.get("kid", False)), kid_subsets=int(fid_cfg.get("kid_subsets", 100)),
+        kid_subset_size=int(fid_cfg.get("kid_subset_size", 1000)))

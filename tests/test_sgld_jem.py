@@ -90,12 +90,16 @@ def test_a_restored_buffer_continues_the_same_chains():
     a, sa = first.draw(8, generator=torch.Generator().manual_seed(5))
     b, sb = second.draw(8, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b) and torch.equal(sa, sb)
+    with pytest.raises(ValueError, match="model.buffer.size"):
+        ReplayBuffer(40, (1, 2, 2)).load_state_dict(first.state_dict())
 
 
 def test_jem_loss_equals_the_plain_computation():
     logits, y, logits_q = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1]), torch.randn(5, 4)
-    loss, stats = jem_loss(logits, y, logits_q, ce_weight=1.0, px_weight=0.5)
+    logits_l = torch.randn(6, 4)
+    loss, stats = jem_loss(logits, logits_q, logits_l, y, ce_weight=1.0, px_weight=0.5)
     fp, fq = torch.logsumexp(logits, 1).mean(), torch.logsumexp(logits_q, 1).mean()
-    torch.testing.assert_close(loss, F.cross_entropy(logits, y) - 0.5 * (fp - fq))
+    torch.testing.assert_close(loss, F.cross_entropy(logits_l, y) - 0.5 * (fp - fq))
+    assert stats["acc"] == (logits_l.argmax(1) == y).float().mean()
     torch.testing.assert_close(maximum_likelihood_loss(logits, logits_q), -(fp - fq))
     assert stats["energy_real"] == pytest.approx(-fp.item())

@@ -76,7 +76,8 @@ def latest_checkpoint(trainer: Any) -> Path | None:
 
 
 def likely_causes(pl_module: Any) -> str:
-    """The usual reasons a DAT run diverges, with this run's values."""
+    """The usual reasons a DAT run diverges, with this run's values (``DATModule.divergence_causes``;
+    the other methods name their own)."""
     bn = "some are in train mode!" if has_training_batchnorm(pl_module.net) else "frozen now"
     lr = pl_module.active_optimizer().param_groups[0]["lr"]
     return (
@@ -84,7 +85,10 @@ def likely_causes(pl_module: Any) -> str:
         f"(2) generative chain step too large (model.gen_attack.step_size="
         f"{pl_module.objective.chain.step_size}, chain length T={pl_module.gen_steps}); "
         f"(3) learning rate too high (stage {pl_module.stage} lr={lr:.3g}: "
-        f"model.optimizer_stage{pl_module.stage}.lr)."
+        f"model.optimizer_stage{pl_module.stage}.lr).\n"
+        "Fix the cause, then start stage two again from the checkpoint's weights: "
+        "init_ckpt=<last good checkpoint> stage1_epochs=0 (ckpt_path=<it> would also restore "
+        "the optimizer state, learning rate included)."
     )
 
 
@@ -143,10 +147,7 @@ class DivergenceGuard:
             f"training diverged: {self.consecutive} consecutive steps had a non-finite loss or gradient "
             f"(up to {where}; last values: {values}). They were skipped, then training stopped "
             f"(model.max_bad_steps={self.max_consecutive}). Last good checkpoint: {resume}.\n"
-            f"Likely causes: {likely_causes(pl_module)}\n"
-            "Fix the cause, then start stage two again from the checkpoint's weights: "
-            "init_ckpt=<last good checkpoint> stage1_epochs=0 (ckpt_path=<it> would also restore "
-            "the optimizer state, learning rate included)."
+            f"Likely causes: {pl_module.divergence_causes()}"
         )
 
     def state_dict(self) -> dict[str, int]:

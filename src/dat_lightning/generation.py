@@ -26,7 +26,8 @@ from dat_lightning.batchnorm import eval_mode
 from dat_lightning.checkpoints.loading import LoadedRun
 from dat_lightning.checkpoints.stored_config import build_data
 from dat_lightning.data.generated import UniformNoise
-from dat_lightning.sampling import class_balanced_labels, pgd_sample
+from dat_lightning.samplers import SamplerSpec, run_sampler
+from dat_lightning.sampling import class_balanced_labels
 from dat_lightning.sharding import Shards
 
 
@@ -37,16 +38,19 @@ def seed_images(source: Dataset, indices: Sequence[int]) -> Tensor:
 
 
 def generate(net: nn.Module, source: Dataset, indices: range, num_classes: int, *, step_size: float,
-             steps: int, conditional: bool = True, seed_offset: int = 0) -> tuple[Tensor, Tensor]:
-    """The samples of item ``indices``: item ``i`` has label ``i % K`` (class-balanced) and seed
-    ``source[(seed_offset + i) % len(source)]``, so it is the same whoever draws it, with what.
-    Returns ``(samples, labels)`` on the CPU; the net runs in eval mode."""
+             steps: int, conditional: bool = True, seed_offset: int = 0,
+             sampler: SamplerSpec | None = None) -> tuple[Tensor, Tensor]:
+    """The samples of item ``indices``: item ``i`` has label ``i % K`` (class-balanced), seed
+    ``source[(seed_offset + i) % len(source)]`` and (SGLD) noise seeded with ``seed_offset + i``, so
+    it is the same whoever draws it, with what. ``sampler``: DAT's chain when None
+    (:mod:`dat_lightning.samplers`). Returns ``(samples, labels)`` on the CPU; the net runs in eval mode."""
     device = next(net.parameters()).device
     n_source = len(source)
     x0 = seed_images(source, [(seed_offset + i) % n_source for i in indices]).to(device)
     y = class_balanced_labels(indices.stop, num_classes)[indices.start : indices.stop].to(device)
     with eval_mode(net):
-        x = pgd_sample(net, x0, y if conditional else None, step_size=step_size, steps=steps)
+        x = run_sampler(SamplerSpec.of(sampler), net, x0, y if conditional else None, step_size=step_size,
+                        steps=steps, item_indices=[seed_offset + i for i in indices])
     return x.cpu(), y.cpu()
 
 
@@ -62,12 +66,14 @@ def generate_batches(
     conditional: bool = True,
     seed_offset: int = 0,
     progress: bool = False,
+    sampler: SamplerSpec | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield ``(samples, labels)`` of items ``0 .. num_samples-1`` in batches (:func:`generate`)."""
     for start in tqdm(range(0, num_samples, batch_size), desc=f"sampling T={steps}", disable=not progress,
                       unit="batch"):
         yield generate(net, source, range(start, min(start + batch_size, num_samples)), num_classes,
-                       step_size=step_size, steps=steps, conditional=conditional, seed_offset=seed_offset)
+                       step_size=step_size, steps=steps, conditional=conditional, seed_offset=seed_offset,
+                       sampler=sampler)
 
 
 @dataclass(frozen=True)
@@ -81,22 +87,28 @@ class SamplingSettings:
     seeds: str | dict = "ood"  # "ood", "uniform" or a node with _target_
     seed_offset: int = 0
     batch_size: int = 100
+    sampler: SamplerSpec = SamplerSpec()
 
     @classmethod
     def resolve(cls, sampling: Mapping[str, Any], run: LoadedRun) -> SamplingSettings:
         """Explicit values, else the chain the checkpoint's own config uses for its grids and FID."""
         own = run.config.get("sampling") or {}
-        steps = sampling.get("steps") if sampling.get("steps") is not None else own.get("steps")
-        step_size = sampling.get("step_size") if sampling.get("step_size") is not None else own.get("step_size")
+
+        def pick(key: str) -> Any:
+            return sampling.get(key) if sampling.get(key) is not None else own.get(key)
+
+        steps, step_size = pick("steps"), pick("step_size")
         if steps is None or step_size is None:
             raise ValueError("the checkpoint's config has no sampling.steps / sampling.step_size: give "
                              "sampling.steps=T and sampling.step_size=S")
         seeds = sampling.get("seeds", "ood")
+        # explicit, else the sampler the checkpoint's method samples with, else DAT's chain
+        sampler = SamplerSpec.of({"name": pick("sampler") or "pgd", "noise": pick("noise"), "clip": pick("clip")})
         return cls(steps=int(steps), step_size=float(step_size), num_samples=int(sampling["num_samples"]),
                    conditional=bool(sampling.get("conditional", True)),
                    seeds=OmegaConf.to_container(seeds) if isinstance(seeds, DictConfig) else seeds,
                    seed_offset=int(sampling.get("seed_offset", 0)),
-                   batch_size=int(sampling.get("batch_size", 100)))
+                   batch_size=int(sampling.get("batch_size", 100)), sampler=sampler)
 
 
 def seed_source(run: LoadedRun, seeds: str | Mapping[str, Any], num_images: int) -> Dataset:
@@ -134,7 +146,8 @@ def draw_shard(net: nn.Module, source: Dataset, settings: SamplingSettings, num_
     chunks = shards.chunks(settings.num_samples, settings.batch_size)
     t = settings.steps if steps is None else steps
     return [(rows, generate(net, source, rows, num_classes, step_size=settings.step_size, steps=t,
-                            conditional=settings.conditional, seed_offset=settings.seed_offset)[0])
+                            conditional=settings.conditional, seed_offset=settings.seed_offset,
+                            sampler=settings.sampler)[0])
             for _, rows in tqdm(chunks, desc=f"sampling T={t}", disable=not progress or not shards.is_main,
                                 unit="batch")]
 

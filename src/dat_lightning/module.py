@@ -21,7 +21,12 @@ from dat_lightning.batchnorm import broadcast_batchnorm_buffers, has_training_ba
 from dat_lightning.checkpoints import check_fits
 from dat_lightning.checkpoints.loading import load_weights
 from dat_lightning.data.order import restore_training_rng, training_rng_state
-from dat_lightning.divergence import DivergenceGuard, restore_running_stats, snapshot_running_stats
+from dat_lightning.divergence import (
+    DivergenceGuard,
+    likely_causes,
+    restore_running_stats,
+    snapshot_running_stats,
+)
 from dat_lightning.energy import marginal_energy
 from dat_lightning.fused import fusion_blocker
 from dat_lightning.losses import DATObjective
@@ -165,14 +170,20 @@ class DATModule(LightningModule):
             log.warning("model.fused=true but the stage-two passes run unfused: %s.", reason)
         return reason is None
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
+    def step_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of one training step and what it logs: the method's objective. DAT: adversarial
+        training in stage one, Eq. 12 in stage two; the other methods (:mod:`dat_lightning.methods`)
+        override this and nothing else of the step."""
         x, y = batch["clf"]
-        running_stats = snapshot_running_stats(self.net)  # restored if this step is skipped
         if self.stage == 1:
-            loss, stats = self.objective.stage_one(self.net, x, y)
-        else:
-            x_hat, y_hat = batch["gen"]
-            loss, stats = self.stage_two_loss(x, y, x_hat, y_hat, batch["ood"])
+            return self.objective.stage_one(self.net, x, y)
+        x_hat, y_hat = batch["gen"]
+        return self.stage_two_loss(x, y, x_hat, y_hat, batch["ood"])
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        x, _ = batch["clf"]
+        running_stats = snapshot_running_stats(self.net)  # restored if this step is skipped
+        loss, stats = self.step_loss(batch)
         optimizer = self.active_optimizer()
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -195,13 +206,19 @@ class DATModule(LightningModule):
             stats["gen_steps"] = torch.tensor(float(self.gen_steps))
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=True, on_epoch=False,
                       batch_size=len(x))
-        self.log("train/acc_adv_epoch", stats["acc_adv"], on_step=False, on_epoch=True,
+        # the training accuracy: on adversarial examples where the method makes them
+        accuracy = "acc_adv" if "acc_adv" in stats else "acc"
+        self.log(f"train/{accuracy}_epoch", stats[accuracy], on_step=False, on_epoch=True,
                  prog_bar=True, batch_size=len(x))
         # the progress bar says which stage runs and, in stage two, the chain length T
         self.log("stage", float(self.stage), prog_bar=True, logger=False, batch_size=len(x))
         if self.stage == 2:
             self.log("T", float(self.gen_steps), prog_bar=True, logger=False, batch_size=len(x))
         return stats
+
+    def divergence_causes(self) -> str:
+        """What the divergence error names as likely causes, with this run's values."""
+        return likely_causes(self)
 
     def active_optimizer(self) -> Any:
         optimizers = self.optimizers()

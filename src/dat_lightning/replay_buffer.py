@@ -5,17 +5,21 @@ A draw takes ``n`` stored images at random; each is replaced by fresh uniform no
 probability ``reinit_prob`` (JEM: 5%), so chains restart now and then. Class-conditional draws
 (``num_classes`` given) take an image from its class's block of the buffer (``size / K`` slots per
 class). After the chains ran, :meth:`ReplayBuffer.store` puts the samples back in the slots they
-came from. The buffer is an ``nn.Module`` buffer, so it is saved with the training checkpoint and
-a resumed run continues the same chains.
+came from. The buffer is training state, not a model weight: its owner saves it in the training
+checkpoint (:meth:`ReplayBuffer.state_dict`), so a resumed run continues the same chains, while it
+stays out of the network's state dict and out of weight averaging (an average of stored samples is
+no sample).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 
-class ReplayBuffer(nn.Module):
+class ReplayBuffer:
     """Stored SGLD samples, images in [0, 1] of shape ``image_shape``.
 
     Args:
@@ -27,7 +31,6 @@ class ReplayBuffer(nn.Module):
 
     def __init__(self, size: int, image_shape: tuple[int, int, int], reinit_prob: float = 0.05,
                  num_classes: int | None = None, generator: torch.Generator | None = None) -> None:
-        super().__init__()
         if size < 1:
             raise ValueError(f"replay buffer size must be >= 1, got {size}")
         if not 0 <= reinit_prob <= 1:
@@ -36,11 +39,24 @@ class ReplayBuffer(nn.Module):
             raise ValueError(f"replay buffer size {size} must be a multiple of the {num_classes} classes")
         self.reinit_prob = float(reinit_prob)
         self.num_classes = num_classes
-        self.register_buffer("images", torch.rand((size, *image_shape), generator=generator))
+        self.images = torch.rand((size, *image_shape), generator=generator)
 
     @property
     def size(self) -> int:
         return len(self.images)
+
+    def to(self, device: torch.device | str) -> ReplayBuffer:
+        self.images = self.images.to(device)
+        return self
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"images": self.images.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if state["images"].shape != self.images.shape:
+            raise ValueError(f"the saved replay buffer holds {tuple(state['images'].shape)} images; this run's "
+                             f"is {tuple(self.images.shape)} (model.buffer.size or the data changed)")
+        self.images = state["images"].to(self.images.device, self.images.dtype).clone()
 
     def slots(self, n: int, y: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
         """``n`` random slots, each in the block of its class ``y[i]`` when the buffer has blocks."""
@@ -51,17 +67,33 @@ class ReplayBuffer(nn.Module):
         block = self.size // self.num_classes
         return y.cpu().long() * block + torch.randint(0, block, (n,), generator=generator)
 
-    def draw(self, n: int, y: Tensor | None = None,
-             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Chain starts ``(x0, slots)``: the stored images of ``n`` random slots, each replaced by
-        uniform noise with probability ``reinit_prob``."""
+    def draw(self, n: int, y: Tensor | None = None, generator: torch.Generator | None = None,
+             fresh_starts: Callable[[int], Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """Chain starts ``(x0, slots)``: the stored images of ``n`` random slots, each replaced with
+        probability ``reinit_prob`` by a fresh start: uniform noise, or ``fresh_starts(n)`` (JEM++:
+        samples of the class Gaussians)."""
         slots = self.slots(n, y, generator)
         stored = self.images[slots.to(self.images.device)]
-        fresh = torch.rand(stored.shape, generator=generator).to(stored)
+        if fresh_starts is None:
+            fresh = torch.rand(stored.shape, generator=generator).to(stored)
+        else:
+            fresh = fresh_starts(n).to(stored)
         restart = (torch.rand(n, generator=generator) < self.reinit_prob).to(stored.device)
         return torch.where(restart.view(-1, *[1] * (stored.dim() - 1)), fresh, stored), slots
 
     @torch.no_grad()
-    def store(self, slots: Tensor, x: Tensor) -> None:
-        """Put the chains' final samples back into the slots they were drawn from."""
-        self.images[slots.to(self.images.device)] = x.detach().to(self.images)
+    def store(self, slots: Tensor, x: Tensor) -> int:
+        """Put the chains' final samples back into the slots they were drawn from. A sample with a
+        non-finite pixel (a diverging chain) is not stored: its slot keeps its image, so one bad
+        step cannot poison later chains. Returns how many were refused."""
+        finite = x.detach().flatten(1).isfinite().all(1)
+        kept = slots.to(self.images.device)[finite.to(self.images.device)]
+        self.images[kept] = x.detach()[finite].to(self.images)
+        return int((~finite).sum())
+
+    @torch.no_grad()
+    def fill(self, images: Tensor) -> None:
+        """Replace the whole content (JEM++ starts its buffer from the class Gaussians)."""
+        if images.shape != self.images.shape:
+            raise ValueError(f"fill needs images of shape {tuple(self.images.shape)}, got {tuple(images.shape)}")
+        self.images.copy_(images)

@@ -18,7 +18,7 @@ checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -50,10 +50,27 @@ class SGLDSettings:
 JEM_DEFAULTS = SGLDSettings(step_size=0.25, noise=0.005, steps=20)
 
 
-def sgld_step(x: Tensor, grad: Tensor, step_size: float, noise: float, generator: torch.Generator | None = None) -> Tensor:
-    """``x + step_size * grad + noise * n`` with ``n ~ N(0, I)`` drawn from ``generator``."""
-    n = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return x + step_size * grad + noise * n
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def standard_normal(like: Tensor, generator: Generators = None) -> Tensor:
+    """``N(0, I)`` noise shaped like ``like``: from one generator, or row ``i`` from ``generator[i]``
+    (CPU generators; the noise is moved to ``like``'s device)."""
+    if isinstance(generator, Sequence):
+        if len(generator) != len(like):
+            raise ValueError(f"{len(generator)} generators for a batch of {len(like)}")
+        rows = [torch.randn(like.shape[1:], generator=g) for g in generator]
+        return torch.stack(rows).to(like)
+    device = generator.device if generator is not None else like.device
+    return torch.randn(like.shape, generator=generator, device=device).to(like)
+
+
+def sgld_step(x: Tensor, grad: Tensor, step_size: float, noise: float, generator: Generators = None) -> Tensor:
+    """``x + step_size * grad + noise * n`` with ``n ~ N(0, I)`` drawn from ``generator``
+    (one, or one per row: :func:`standard_normal`)."""
+    if noise == 0:
+        return x + step_size * grad
+    return x + step_size * grad + noise * standard_normal(x, generator)
 
 
 def sgld_sample(
@@ -64,7 +81,7 @@ def sgld_sample(
     step_size: float,
     steps: int,
     noise: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """Run SGLD for ``steps`` steps from ``x0`` on ``f(x)[y]`` (``y`` given) or ``logsumexp f(x)``.
 

@@ -69,7 +69,7 @@ def final_summary(cfg: DictConfig, trainer: Trainer, module, datamodule) -> dict
                 value = f"not measured: {err}"
             out[cb.metric_name] = value
             out["fid_samples"] = int(cfg.summary.fid_samples)
-            out["fid_sampling"] = f"T={cb.steps} step={cb.step_size}"
+            out["fid_sampling"] = f"{cb.sampler.name} T={cb.steps} step={cb.step_size}"
         if isinstance(cb, SampleGrid) and cb.last_path is not None:
             out["sample_grid"] = str(cb.last_path)
     return out

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -24,6 +26,7 @@ from dat_lightning.metrics.fid import (
     make_fid,
 )
 from dat_lightning.metrics.quality import real_images, statistics_cache
+from dat_lightning.samplers import SamplerSpec
 
 
 def shard_range(num_samples: int, rank: int, world_size: int, multiple: int) -> range:
@@ -55,8 +58,10 @@ class FIDCallback(Callback):
     def __init__(self, extractor: nn.Module, step_size: float, steps: int, num_samples: int = 1000,
                  num_real: int = 5000, every_n_epochs: int = 1, batch_size: int = 250,
                  cache_dir: str | None = None, stage2_only: bool = True,
-                 best_ckpt_path: str | None = None) -> None:
+                 best_ckpt_path: str | None = None,
+                 sampler: SamplerSpec | Mapping[str, Any] | str | None = None) -> None:
         self.extractor = extractor
+        self.sampler = SamplerSpec.of(sampler)
         self.step_size = step_size
         self.steps = steps
         self.num_samples = num_samples
@@ -110,7 +115,7 @@ class FIDCallback(Callback):
         # Seeds start past the sample grid's, over the whole seed source.
         batches = generate_batches(net, trainer.datamodule.ood, len(share), k, step_size=self.step_size,
                                    steps=self.steps, batch_size=self.batch_size,
-                                   seed_offset=10_000 + share.start, progress=progress)
+                                   seed_offset=10_000 + share.start, progress=progress, sampler=self.sampler)
         with eval_mode(net):  # the energy of the samples as the chain saw them
             for x, _ in batches:
                 x = x.to(pl_module.device)

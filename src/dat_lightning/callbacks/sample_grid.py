@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -12,6 +14,7 @@ from dat_lightning.callbacks.ema import evaluation_net
 from dat_lightning.callbacks.protocol import staged
 from dat_lightning.generation import generate_batches, sample_grid
 from dat_lightning.reporting import log_image
+from dat_lightning.samplers import SamplerSpec
 
 
 class SampleGrid(Callback):
@@ -22,8 +25,9 @@ class SampleGrid(Callback):
     """
 
     def __init__(self, step_size: float, steps: int, per_class: int = 8, every_n_epochs: int = 1,
-                 conditional: bool = True) -> None:
+                 conditional: bool = True, sampler: SamplerSpec | Mapping[str, Any] | str | None = None) -> None:
         self.step_size = step_size
+        self.sampler = SamplerSpec.of(sampler)
         self.steps = steps
         self.per_class = per_class
         self.every_n_epochs = every_n_epochs
@@ -45,7 +49,7 @@ class SampleGrid(Callback):
         k = staged(pl_module).net.num_classes
         batches = list(generate_batches(
             net, trainer.datamodule.ood, self.per_class * k, k, step_size=self.step_size,
-            steps=self.steps, batch_size=max(k, 100), conditional=self.conditional))
+            steps=self.steps, batch_size=max(k, 100), conditional=self.conditional, sampler=self.sampler))
         samples, labels = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
         grid = sample_grid(samples, labels, k, self.per_class, self.conditional)
         log_image(trainer, "samples/grid", grid, step=trainer.global_step)

@@ -24,13 +24,16 @@ def maximum_likelihood_loss(logits_data: Tensor, logits_samples: Tensor) -> Tens
     return marginal_energy(logits_data).mean() - marginal_energy(logits_samples).mean()
 
 
-def jem_loss(logits_data: Tensor, y: Tensor, logits_samples: Tensor, ce_weight: float = 1.0,
-             px_weight: float = 1.0) -> tuple[Tensor, Stats]:
-    """``w_ce CE(f(x), y) + w_px (mean E(x) - mean E(x_q))``, with what is logged."""
-    loss_ce = F.cross_entropy(logits_data.float(), y)
+def jem_loss(logits_data: Tensor, logits_samples: Tensor, logits_labelled: Tensor, y: Tensor,
+             ce_weight: float = 1.0, px_weight: float = 1.0) -> tuple[Tensor, Stats]:
+    """``w_ce CE(f(x_l), y) + w_px (mean E(x_d) - mean E(x_q))``, with what is logged.
+
+    JEM draws two independent train batches per step: ``x_d`` (unlabelled) for ``p(x)`` and
+    ``(x_l, y)`` for ``p(y|x)``; pass the same logits twice for one batch."""
+    loss_ce = F.cross_entropy(logits_labelled.float(), y)
     loss_px = maximum_likelihood_loss(logits_data, logits_samples)
     stats = {"loss_ce": loss_ce.detach(), "loss_px": loss_px.detach(),
-             "acc": (logits_data.argmax(1) == y).float().mean(),
+             "acc": (logits_labelled.argmax(1) == y).float().mean(),
              "energy_real": marginal_energy(logits_data).mean().detach(),
              "energy_fake": marginal_energy(logits_samples).mean().detach()}
     return ce_weight * loss_ce + px_weight * loss_px, stats

@@ -83,6 +83,42 @@ AUTHORS = {
         "model.scheduler_stage2": None,
     },
 }
+# The baselines the DAT paper compares with, at their papers' scale (docs/methods.md, per method).
+FID_EVERY_10 = {"callbacks.fid.every_n_epochs": 10}
+AUTHORS |= {
+    "cifar10_at_wrn34": {
+        "method.name": "at", "model.net.name": "wrn34_10", "stage1_epochs": 300, "stage2_epochs": 0,
+        "model.clf_attack": {"norm": "l2", "eps": 0.5, "steps": 10, "step_size": 0.1},
+        "model.optimizer_stage1": {**SGD_CIFAR, "lr": 0.1}, **FID_EVERY_10,
+    },
+    "cifar10_ratio_wrn34": {
+        "method.name": "ratio", "model.net.name": "wrn34_10", "stage1_epochs": 300, "stage2_epochs": 0,
+        "model.clf_attack": {"norm": "l2", "eps": 0.5, "steps": 10, "step_size": 0.1},
+        "model.ood_attack": {"norm": "l2", "eps": 1.0, "steps": 20, "step_size": 0.1},
+        "model.ood_weight": 1.0, "sampling.steps": 31, **FID_EVERY_10,
+    },
+    "cifar10_jem_wrn28": {
+        "method.name": "jem", "model.net.name": "wrn28_10", "stage1_epochs": 200, "data.batch_size": 64,
+        "model.optimizer_stage1": {"_target_": "torch.optim.Adam", "lr": 1e-4},
+        "model.scheduler_stage1": {"milestones": [160, 180], "gamma": 0.3},
+        "model.chain": {"sampler": "sgld", "steps": 20, "step_size": 0.25, "noise": 0.005},
+        "model.buffer": {"size": 10000, "reinit_prob": 0.05, "init": "uniform"}, **FID_EVERY_10,
+    },
+    "cifar10_jempp_wrn28": {
+        "method.name": "jempp", "model.net.name": "wrn28_10", "stage1_epochs": 150, "data.batch_size": 64,
+        "model.optimizer_stage1": {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "weight_decay": 4e-4},
+        "model.scheduler_stage1": {"milestones": [50, 100, 125], "gamma": 0.2},
+        "model.chain": {"sampler": "pyld", "steps": 10, "step_size": 0.25, "clip": 0.5, "batchnorm": "train"},
+        "model.buffer": {"size": 10000, "reinit_prob": 0.05, "init": "class_gaussians"}, **FID_EVERY_10,
+    },
+    "cifar10_eb_jdat_wrn28": {
+        "method.name": "eb_jdat", "model.net.name": "wrn28_10", "stage1_epochs": 150, "data.batch_size": 64,
+        "model.optimizer_stage1": {"_target_": "torch.optim.SGD", "lr": 0.01, "momentum": 0.9, "weight_decay": 4e-4},
+        "model.scheduler_stage1": {"milestones": [40, 80, 120], "gamma": 0.2},
+        "model.chain": {"sampler": "pyld", "steps": 10, "step_size": 0.25, "clip": 0.5, "batchnorm": "train"},
+        "model.adversarial": {"steps": 5, "energy_weight": 0.1}, **FID_EVERY_10,
+    },
+}
 
 # Configs that ask for GPUs are instantiated on this CPU machine with these.
 CPU = ["trainer.accelerator=cpu", "trainer.devices=1"]
@@ -215,6 +251,39 @@ def big_case(name, size, slow=False):
 def test_big_experiment_takes_one_training_step(name, size, tmp_path):
     module, _, cfg = one_training_step(tmp_path, name, size)
     assert module.net.num_classes == cfg.data.num_classes
+
+
+METHOD_STEP = [  # one step of a one-stage method: stage one from the initial weights
+    *CPU, "++trainer.strategy=auto", "stage2_epochs=0", "++trainer.max_steps=1", "trainer.limit_val_batches=0",
+    "++trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false", "model.clf_attack.steps=1",
+    "callbacks.fid=null", "callbacks.sample_grid=null", "callbacks.last_checkpoint=null",
+    "callbacks.stage1_checkpoint=null",
+]
+# Fewer chain steps and a small buffer on fake data; the class Gaussians need the dataset (absent
+# here), so JEM++'s starts are uniform in this step (they run in the Fashion-MNIST fits).
+METHOD_STEP_SIZES = {"cifar10_jem_wrn28": ["model.chain.steps=2", "model.buffer.size=20"],
+                     "cifar10_jempp_wrn28": ["model.chain.steps=2", "model.buffer.size=20", "model.buffer.init=uniform"],
+                     "cifar10_eb_jdat_wrn28": ["model.chain.steps=2", "model.buffer.size=20", "model.buffer.init=uniform",
+                                               "model.adversarial.steps=1"],
+                     "cifar10_ratio_wrn34": ["model.ood_attack.steps=1"], "cifar10_at_wrn34": []}
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_STEP_SIZES))
+def test_method_experiment_takes_one_training_step(name, tmp_path):
+    cfg = compose_experiment(tmp_path, name, *METHOD_STEP, *METHOD_STEP_SIZES[name])
+    module = hydra.utils.instantiate(cfg.model)
+    trainer = make_trainer(cfg)
+    g = torch.Generator().manual_seed(0)
+
+    def images():
+        return torch.rand(2, 3, 32, 32, generator=g)
+
+    batch = {"clf": (images(), torch.tensor([1, 7])), "gen": (images(), torch.tensor([3, 2])), "ood": images()}
+    before = {n: p.detach().clone() for n, p in module.net.named_parameters()}
+    trainer.fit(module, train_dataloaders=DataLoader(range(1), batch_size=None, collate_fn=lambda _: batch))
+    assert trainer.global_step == 1 and module.stage == 1 and module.divergence.total == 0
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert any(not torch.equal(before[n], p) for n, p in module.net.named_parameters())
 
 
 def test_fmnist_seed_source_swaps_to_handwritten_digits(tmp_path):

@@ -101,6 +101,9 @@ def test_evaluate_writes_one_report_with_every_metric(ckpt, tmp_path):
     # every sample-quality score names its (offline) extractor, none claims to be Inception
     assert m["fid"]["extractor"] == "cifar10_resnet18" and "fid_cifar10_resnet18" in m["fid"]
     assert not any("inception" in k for k in flatten_numbers(m))
+    # saturation is measured on every sample; agreement only by a judge of Fashion-MNIST's classes
+    assert 0 <= m["fid"]["pixels_at_max"] <= 1 and 0 <= m["fid"]["pixels_at_min"] <= 1
+    assert not any(k.startswith("agreement") for k in m["fid"])
     assert set(m["counterfactual"]["per_eps"]) == {"eps_0.5", "eps_2"}
     for entry in m["counterfactual"]["per_eps"].values():
         assert 0 <= entry["mean_target_confidence"] <= 1 and entry["classes_scored"] >= 1

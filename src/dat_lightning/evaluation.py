@@ -49,6 +49,7 @@ from dat_lightning.metrics.quality import (
     real_feature_set,
     sample_quality,
 )
+from dat_lightning.metrics.sample_stats import saturation, saturation_counts
 from dat_lightning.sharding import Shards
 
 GRID_PER_CLASS = 10
@@ -141,11 +142,15 @@ class Evaluation:
                                                  int(self.cfg.num_workers), self.shards, who="evaluate")
         return self._real[extra]
 
-    def sample_quality(self, parts: list[tuple[range, Tensor]], n: int, extra: str | None = None) -> dict[str, Any]:
-        """The scores of the samples ``parts`` with the main extractor or one of the extra ones."""
+    def sample_quality(self, parts: list[tuple[range, Tensor]], n: int, extra: str | None = None,
+                       conditional: bool = True) -> dict[str, Any]:
+        """The scores of the samples ``parts`` with the main extractor or one of the extra ones; with
+        class agreement when the extractor classifies this data's classes."""
         cfg = self.fid_config(extra)
         real = None if cfg.get("reference") else self.real_features(extra)[0]
-        return sample_quality(cfg, self.extractor(extra), real).score(parts, n, self.shards)
+        extractor = self.extractor(extra)
+        judges = conditional and getattr(extractor, "classifies", None) == self.run.config.data.get("name")
+        return sample_quality(cfg, extractor, real, self.num_classes if judges else None).score(parts, n, self.shards)
 
     def picture(self, key: str, path: Path) -> str:
         self.pictures[key] = path
@@ -195,8 +200,11 @@ class Evaluation:
         if self.shards.is_main:
             labels = torch.arange(len(grid)) % k
             save_image(sample_grid(grid, labels, k, GRID_PER_CLASS, settings.conditional), path)
-        scores = self.sample_quality(parts, n)
-        extras = {name: self.sample_quality(parts, n, name) for name in self.cfg.fid.get("extra_extractors") or []}
+        scores = self.sample_quality(parts, n, conditional=settings.conditional)
+        extras = {name: self.sample_quality(parts, n, name, settings.conditional)
+                  for name in self.cfg.fid.get("extra_extractors") or []}
+        counts = self.shards.sum(sum((saturation_counts(x) for _, x in parts), torch.zeros(3, dtype=torch.long)))
+        scores |= saturation(counts)
         return scores | ({"extra": extras} if extras else {}) | {"sampling": asdict(settings) | {"seed_source": repr(source)},
                          "samples_grid": self.picture("fid/samples_grid", path)}
 

@@ -48,6 +48,7 @@ class CifarResNet18Features(nn.Module):
 
     name = "cifar10_resnet18"
     num_features = 512
+    classifies = "cifar10"  # its head's classes: a judge of class agreement on CIFAR-10 samples
     source = "pyautoattack's CIFAR-10 ResNet-18 (examples/model_test.pt), not Inception"
 
     def __init__(self, weights_path: str | Path | None = None) -> None:

@@ -97,6 +97,7 @@ class FashionMNISTJudgeFeatures(nn.Module):
     the Inception Score."""
 
     num_features = FashionMNISTCNN.num_features
+    classifies = "fmnist"  # its head's classes: a judge of class agreement on Fashion-MNIST samples
 
     def __init__(self, weights_path: str | Path | None = None) -> None:
         super().__init__()

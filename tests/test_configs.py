@@ -85,6 +85,12 @@ AUTHORS = {
 }
 # The baselines the DAT paper compares with, at their papers' scale (docs/methods.md, per method).
 FID_EVERY_10 = {"callbacks.fid.every_n_epochs": 10}
+SGD_JEMPP = {"_target_": "torch.optim.SGD", "momentum": 0.9, "weight_decay": 4e-4}
+JEMPP = {
+    "model.net.name": "wrn28_10", "stage1_epochs": 150, "data.batch_size": 64,
+    "model.chain": {"sampler": "pyld", "steps": 10, "step_size": 0.25, "clip": 0.5, "batchnorm": "train"},
+    "model.buffer": {"size": 10000, "reinit_prob": 0.05, "init": "class_gaussians"}, **FID_EVERY_10,
+}
 AUTHORS |= {
     "cifar10_at_wrn34": {
         "method.name": "at", "model.net.name": "wrn34_10", "stage1_epochs": 300, "stage2_epochs": 0,
@@ -104,18 +110,12 @@ AUTHORS |= {
         "model.chain": {"sampler": "sgld", "steps": 20, "step_size": 0.25, "noise": 0.005},
         "model.buffer": {"size": 10000, "reinit_prob": 0.05, "init": "uniform"}, **FID_EVERY_10,
     },
-    "cifar10_jempp_wrn28": {
-        "method.name": "jempp", "model.net.name": "wrn28_10", "stage1_epochs": 150, "data.batch_size": 64,
-        "model.optimizer_stage1": {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "weight_decay": 4e-4},
-        "model.scheduler_stage1": {"milestones": [50, 100, 125], "gamma": 0.2},
-        "model.chain": {"sampler": "pyld", "steps": 10, "step_size": 0.25, "clip": 0.5, "batchnorm": "train"},
-        "model.buffer": {"size": 10000, "reinit_prob": 0.05, "init": "class_gaussians"}, **FID_EVERY_10,
-    },
+    # EB-JDAT trains on JEM++ (its chain, starts and network) with its own LR and schedule.
+    "cifar10_jempp_wrn28": {**JEMPP, "method.name": "jempp", "model.optimizer_stage1": {**SGD_JEMPP, "lr": 0.1},
+                            "model.scheduler_stage1": {"milestones": [50, 100, 125], "gamma": 0.2}},
     "cifar10_eb_jdat_wrn28": {
-        "method.name": "eb_jdat", "model.net.name": "wrn28_10", "stage1_epochs": 150, "data.batch_size": 64,
-        "model.optimizer_stage1": {"_target_": "torch.optim.SGD", "lr": 0.01, "momentum": 0.9, "weight_decay": 4e-4},
+        **JEMPP, "method.name": "eb_jdat", "model.optimizer_stage1": {**SGD_JEMPP, "lr": 0.01},
         "model.scheduler_stage1": {"milestones": [40, 80, 120], "gamma": 0.2},
-        "model.chain": {"sampler": "pyld", "steps": 10, "step_size": 0.25, "clip": 0.5, "batchnorm": "train"},
         "model.adversarial": {"steps": 5, "energy_weight": 0.1}, **FID_EVERY_10,
     },
 }

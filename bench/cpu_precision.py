@@ -1,0 +1,88 @@
+"""CPU precision and memory-format benchmark of the default's inner-loop pass (issue 18, point 3):
+``python -m bench.cpu_precision [--batch 128] [--reps 15] [--threads 1 2]``.
+
+The pass is what every attack and chain step makes: one forward and one input-gradient backward of
+the CPU default's WRN-10-1 (Fashion-MNIST, 28 px) on B images, in eval mode. Variants: float32,
+channels-last memory format, bfloat16 autocast, and both; for each torch thread count. All variants
+of a thread count are timed round-robin (one pass each per round, ``--reps`` rounds) and the
+minimum is kept, so a load change on a shared machine hits them alike; speed is reported as the
+ratio to float32 in the same run. Next to the speed, how far each variant's input gradient is from
+float32's: the cosine of the two (the direction a PGD or chain step takes) and the sign agreement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from dat_lightning.models import build_classifier
+
+VARIANTS = ("fp32", "channels_last", "bf16", "bf16+channels_last")
+
+
+def make_pass(variant: str, batch: int) -> tuple[Callable[[], torch.Tensor], torch.Tensor]:
+    """The pass of ``variant`` (returns the input gradient) and its inputs; same weights and data."""
+    torch.manual_seed(0)
+    net = build_classifier(name="wrn10_1", num_classes=10, in_chans=1, mean=[0.2860], std=[0.3530]).eval()
+    x = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(batch) % 10
+    if "channels_last" in variant:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if "bf16" in variant else contextlib.nullcontext
+
+    def one_pass() -> torch.Tensor:
+        z = x.detach().requires_grad_(True)
+        with autocast():
+            loss = F.cross_entropy(net(z).float(), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, z)
+        return grad
+
+    return one_pass, x
+
+
+def measure(threads: int, batch: int, reps: int) -> list[dict[str, float | str | int]]:
+    torch.set_num_threads(threads)
+    passes = {v: make_pass(v, batch)[0] for v in VARIANTS}
+    reference = passes["fp32"]().flatten(1)
+    rows = {v: {"variant": v, "threads": threads, "best_s": float("inf")} for v in VARIANTS}
+    for v, fn in passes.items():  # warm-up, and the gradient against float32's
+        grad = fn().float().flatten(1)
+        rows[v]["cosine"] = float(F.cosine_similarity(grad, reference, dim=1).mean())
+        rows[v]["sign_agreement"] = float((grad.sign() == reference.sign()).float().mean())
+    for _ in range(reps):
+        for v, fn in passes.items():
+            start = time.perf_counter()
+            fn()
+            rows[v]["best_s"] = min(rows[v]["best_s"], time.perf_counter() - start)
+    fp32 = rows["fp32"]["best_s"]
+    for row in rows.values():
+        row["speed-up"] = fp32 / row["best_s"]
+    return list(rows.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    started = time.perf_counter()
+    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"WRN-10-1 28px, batch {args.batch}, best of {args.reps} interleaved rounds\n")
+    print("| threads | variant | pass (ms) | speed-up vs fp32 | grad cosine vs fp32 | grad sign agreement |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for threads in args.threads:
+        for r in measure(threads, args.batch, args.reps):
+            print(f"| {r['threads']} | {r['variant']} | {1000 * r['best_s']:.1f} | x{r['speed-up']:.2f} | "
+                  f"{r['cosine']:.4f} | {100 * r['sign_agreement']:.1f}% |")
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -160,3 +160,15 @@ def test_a_checkpoint_samples_with_its_methods_sampler_unless_told_otherwise(tmp
     assert reports["own"]["step_size"] == 0.25
     assert reports["pgd"]["sampler"]["name"] == "pgd" and reports["pgd"]["step_size"] == 0.5
 
+
+
+def test_class_gaussian_starts_need_the_datamodule_and_say_so(tmp_path):
+    from lightning.pytorch import Trainer
+    from torch.utils.data import DataLoader
+
+    module = tiny_module(tmp_path, "method=jempp", "model.buffer.size=20")
+    batch = plain_batch()
+    trainer = Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="model.buffer.init=uniform"):
+        trainer.fit(module, train_dataloaders=DataLoader(range(1), batch_size=None, collate_fn=lambda _: batch))

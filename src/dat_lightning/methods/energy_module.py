@@ -109,14 +109,18 @@ class EnergyModule(DATModule):
     def on_fit_start(self) -> None:
         if self.buffer_init != "class_gaussians":
             return
-        dataset = self.trainer.datamodule.real_eval_dataset(self.fit_images)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not hasattr(datamodule, "real_eval_dataset"):
+            raise ValueError("model.buffer.init=class_gaussians fits its Gaussians on the datamodule's train images, "
+                             "and this fit has no DATDataModule: fit with one, or use model.buffer.init=uniform")
+        dataset = datamodule.real_eval_dataset(self.fit_images)
         images, labels = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
         self.gaussians = ClassGaussians(torch.stack(images), torch.as_tensor(labels), self.net.num_classes)
         self.gaussians.to(self.device)
         if not self.buffer_filled:  # a resumed run keeps its chains
             self.buffer.fill(self.gaussian_starts(self.buffer.size))
             self.buffer_filled = True
-        log.info("JEM++ starts: class Gaussians fitted on %d train images", len(dataset))
+        log.info("Chain starts: class Gaussians fitted on %d train images", len(dataset))
 
     def gaussian_starts(self, n: int) -> Tensor:
         """``n`` samples of the Gaussians of uniformly drawn classes (JEM++'s re-initialisation)."""

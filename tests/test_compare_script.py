@@ -38,6 +38,7 @@ def test_compare_script_trains_evaluates_and_tables_each_method(tmp_path):
     assert fid["sampling"]["sampler"]["name"] == "sgld"  # JEM's samples come from its own sampler
     table = (out / "table.md").read_text()
     assert f"| `jem` | {100 * report['clean']['accuracy']:.2f} |" in table and "| `at` |" in table
+    assert "| sgld T=1 from buffer | " in table and "| pgd T=1 from ood | " in table  # each its own protocol
     assert "6 steps | no |" in table  # the budget of EPOCHS=2 tiny epochs of 3 batches, no divergence
     assert (out / "grids.png").stat().st_size > 0
 
@@ -51,4 +52,4 @@ def test_a_diverged_method_has_its_row_and_no_scores(tmp_path):
     row = method_row(tmp_path, "jem")
     assert (row["status"], row["steps"], row["skipped_steps"], row["wall_s"]) == ("diverged", 37, 4, 90)
     line = markdown_table([row]).splitlines()[-1]
-    assert line == "| `jem` | n/a | n/a | n/a | n/a | n/a | n/a | n/a | 1.5 min, 37 steps | yes (4 skipped steps) |"
+    assert line == "| `jem` | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a | 1.5 min, 37 steps | yes (4 skipped steps) |"

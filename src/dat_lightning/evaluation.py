@@ -190,7 +190,8 @@ class Evaluation:
 
     def fid(self) -> dict[str, Any]:
         settings = SamplingSettings.resolve(self.cfg.sampling, self.run)
-        source = seed_source(self.run, settings.seeds, settings.seed_offset + settings.num_samples)
+        source = seed_source(self.run, settings.seeds, settings.seed_offset + settings.num_samples,
+                             settings.seeds_from_checkpoint)
         with self.autocast():
             parts = draw_shard(self.net, source, settings, self.num_classes, self.shards)
         n, k = settings.num_samples, self.num_classes

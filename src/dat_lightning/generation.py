@@ -18,14 +18,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
 from dat_lightning.batchnorm import eval_mode
 from dat_lightning.checkpoints.loading import LoadedRun
+from dat_lightning.checkpoints.reading import read_checkpoint
 from dat_lightning.checkpoints.stored_config import build_data
 from dat_lightning.data.generated import UniformNoise
+from dat_lightning.replay_buffer import CHECKPOINT_KEY
 from dat_lightning.samplers import SamplerSpec, run_sampler
 from dat_lightning.sampling import class_balanced_labels
 from dat_lightning.sharding import Shards
@@ -84,7 +86,8 @@ class SamplingSettings:
     step_size: float
     num_samples: int
     conditional: bool = True
-    seeds: str | dict = "ood"  # "ood", "uniform" or a node with _target_
+    seeds: str | dict = "ood"  # "ood", "uniform", "buffer" or a node with _target_
+    seeds_from_checkpoint: bool = False  # a node from the checkpoint's config: built as stored config
     seed_offset: int = 0
     batch_size: int = 100
     sampler: SamplerSpec = SamplerSpec()
@@ -101,21 +104,26 @@ class SamplingSettings:
         if steps is None or step_size is None:
             raise ValueError("the checkpoint's config has no sampling.steps / sampling.step_size: give "
                              "sampling.steps=T and sampling.step_size=S")
-        seeds = sampling.get("seeds", "ood")
+        # explicit, else where the checkpoint's method starts its test-time chains, else OOD images
+        seeds = pick("seeds") or "ood"
+        seeds_from_checkpoint = sampling.get("seeds") is None and own.get("seeds") is not None
         # explicit, else the sampler the checkpoint's method samples with, else DAT's chain
         sampler = SamplerSpec.of({"name": pick("sampler") or "pgd", "noise": pick("noise"), "clip": pick("clip")})
         return cls(steps=int(steps), step_size=float(step_size), num_samples=int(sampling["num_samples"]),
                    conditional=bool(sampling.get("conditional", True)),
                    seeds=OmegaConf.to_container(seeds) if isinstance(seeds, DictConfig) else seeds,
+                   seeds_from_checkpoint=seeds_from_checkpoint,
                    seed_offset=int(sampling.get("seed_offset", 0)),
                    batch_size=int(sampling.get("batch_size", 100)), sampler=sampler)
 
 
-def seed_source(run: LoadedRun, seeds: str | Mapping[str, Any], num_images: int) -> Dataset:
+def seed_source(run: LoadedRun, seeds: str | Mapping[str, Any], num_images: int,
+                from_checkpoint: bool = False) -> Dataset:
     """The chain's seeds: ``"ood"`` (the checkpoint's ``data.ood``, built as stored config, see
     :mod:`dat_lightning.checkpoints.stored_config`), ``"uniform"`` (uniform noise in the model's
-    input shape) or a node with ``_target_`` the user gave; generated sources with no length get
-    ``num_images``."""
+    input shape), ``"buffer"`` (the replay buffer a JEM-family checkpoint saved) or a node with
+    ``_target_`` (the user's, or ``from_checkpoint``: the checkpoint's, built only as stored config
+    is); generated sources with no length get ``num_images``."""
     data = run.config.get("data") or {}
     if seeds == "uniform":
         if "channels" not in data or "image_size" not in data:
@@ -126,15 +134,33 @@ def seed_source(run: LoadedRun, seeds: str | Mapping[str, Any], num_images: int)
             raise ValueError("the checkpoint's config has no data.ood seed source: use sampling.seeds=uniform "
                              "or a node with _target_")
         source = build_data(run.config.data.ood, "data.ood", run.config_source, stored=run.config_stored)
+    elif seeds == "buffer":
+        source = stored_buffer(run.path)
     elif isinstance(seeds, Mapping) and "_target_" in seeds:
-        source = hydra.utils.instantiate(seeds)
+        source = (build_data(seeds, "sampling.seeds", run.config_source, stored=run.config_stored)
+                  if from_checkpoint else hydra.utils.instantiate(seeds))
     else:
-        raise ValueError(f"sampling.seeds must be 'ood', 'uniform' or a node with _target_, got {seeds!r}")
+        raise ValueError(f"sampling.seeds must be 'ood', 'uniform', 'buffer' or a node with _target_, got {seeds!r}")
     if getattr(source, "generated", False) and getattr(source, "length", 0) is None:
         source.length = num_images
     if len(source) == 0:
         raise ValueError(f"the seed source {source!r} is empty")
     return source
+
+
+def stored_buffer(path: Path) -> Dataset:
+    """The replay buffer saved in the checkpoint ``path``: the last states of a JEM-family method's
+    training chains, the images its papers score (JEM, JEM++ and EB-JDAT report the FID of their
+    buffer). Starting the test-time chain there gives these methods their own protocol."""
+    saved = read_checkpoint(path).get(CHECKPOINT_KEY)
+    if saved is None:
+        raise ValueError(f"sampling.seeds=buffer: {path} holds no replay buffer (the checkpoints of method=jem, "
+                         "jempp and eb_jdat do); use sampling.seeds=ood or uniform")
+    images = saved["images"].float()
+    if not bool(saved.get("filled", True)) or not images.isfinite().all():
+        raise ValueError(f"sampling.seeds=buffer: the replay buffer in {path} was never filled or holds "
+                         "non-finite pixels; use sampling.seeds=ood or uniform")
+    return TensorDataset(images.clamp(0, 1))
 
 
 def draw_shard(net: nn.Module, source: Dataset, settings: SamplingSettings, num_classes: int,

@@ -18,6 +18,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+CHECKPOINT_KEY = "dat_replay_buffer"  # where a run's buffer is saved (outside the state dict and EMA)
+
 
 class ReplayBuffer:
     """Stored SGLD samples, images in [0, 1] of shape ``image_shape``.

@@ -92,7 +92,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                       net_overrides=cfg.get("net_overrides"))
     loaded.net.to(fabric.device)
     settings = SamplingSettings.resolve(cfg.sampling, loaded)
-    source = seed_source(loaded, settings.seeds, settings.seed_offset + settings.num_samples)
+    source = seed_source(loaded, settings.seeds, settings.seed_offset + settings.num_samples,
+                         settings.seeds_from_checkpoint)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     k = loaded.net.num_classes

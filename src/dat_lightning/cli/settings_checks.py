@@ -145,8 +145,8 @@ def check_sample_settings(cfg: DictConfig) -> None:
 
 
 def _seeds(cfg: DictConfig, key: str) -> None:
-    need(cfg, key, lambda v: v in ("ood", "uniform") or isinstance(v, (DictConfig, Mapping)) and "_target_" in v,
-         "ood, uniform or a node with _target_")
+    need(cfg, key, lambda v: v in ("ood", "uniform", "buffer") or isinstance(v, (DictConfig, Mapping)) and "_target_" in v,
+         "null (the checkpoint's own), ood, uniform, buffer or a node with _target_", null=True)
 
 
 def check_evaluate_settings(cfg: DictConfig) -> None:

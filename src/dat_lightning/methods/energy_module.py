@@ -31,7 +31,7 @@ from dat_lightning.methods.eb_jdat import adversarial_examples, eb_jdat_loss
 from dat_lightning.methods.jem import jem_loss
 from dat_lightning.methods.jempp import ClassGaussians
 from dat_lightning.module import DATModule
-from dat_lightning.replay_buffer import ReplayBuffer
+from dat_lightning.replay_buffer import CHECKPOINT_KEY, ReplayBuffer
 from dat_lightning.samplers import SamplerSpec, run_sampler
 
 log = logging.getLogger(__name__)
@@ -129,11 +129,11 @@ class EnergyModule(DATModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["dat_replay_buffer"] = self.buffer.state_dict() | {"filled": self.buffer_filled}
+        checkpoint[CHECKPOINT_KEY] = self.buffer.state_dict() | {"filled": self.buffer_filled}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        saved = checkpoint.get("dat_replay_buffer")
+        saved = checkpoint.get(CHECKPOINT_KEY)
         if saved is not None:
             self.buffer.load_state_dict(saved)
             self.buffer_filled = bool(saved["filled"])

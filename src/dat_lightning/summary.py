@@ -1,4 +1,5 @@
-"""The numbers a finished run reports: clean and robust accuracy, FID, where things were saved."""
+"""The numbers a finished run reports: clean and robust accuracy, FID, and what a classifier of the
+data's own classes (the judge) and the pixels say of the same samples; where things were saved."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from dat_lightning.attacks import PGDSettings, pgd_attack
 from dat_lightning.batchnorm import eval_mode
 from dat_lightning.callbacks import FIDCallback, SampleGrid
 from dat_lightning.data.faults import ignore_preemption_signals
+from dat_lightning.metrics.extractors import EXTRACTORS, build_extractor
 from dat_lightning.metrics.fid import NonFiniteFeatures
+from dat_lightning.metrics.quality import real_feature_set, sample_quality
+from dat_lightning.metrics.sample_stats import saturation, saturation_counts
 from dat_lightning.sharding import Shards
 
 
@@ -39,6 +43,44 @@ def accuracy(net, dataset: Dataset, attack: PGDSettings, batch_size: int, shards
                 counts += torch.stack([(net(x).argmax(1) == y).sum(), (net(x_adv).argmax(1) == y).sum()]).cpu()
     correct, robust = shards.sum(counts).tolist()
     return correct / len(dataset), robust / len(dataset), len(dataset)
+
+
+def data_judge(spec: str | None, data_name: str | None, weights: str | None = None):
+    """``summary.judge``: the extractor whose head classifies this data's classes (``auto``: the
+    registry's, e.g. ``fmnist_cnn`` for Fashion-MNIST), a registry name, or None. Returns
+    ``(extractor or None, why not)``: missing weights are a reason, not an error."""
+    if spec is None:
+        return None, None
+    if spec == "auto":
+        names = [name for name, cls in EXTRACTORS.items() if getattr(cls, "classifies", None) == data_name]
+        if not names:
+            return None, f"no judge of the data {data_name!r} in the extractor registry"
+        spec = names[0]
+    try:
+        return build_extractor(spec, weights_path=weights), None
+    except FileNotFoundError as err:
+        return None, f"not measured: {err}"
+
+
+def judged_samples(cfg: DictConfig, fid: FIDCallback, datamodule, num_classes: int, shards: Shards,
+                   device: torch.device) -> dict[str, Any]:
+    """Pixel saturation of the FID callback's last samples and, with a judge, its FID and class
+    agreement on the same images (class-conditional samples: item ``i`` drawn for class ``i % K``)."""
+    counts = sum((saturation_counts(x) for _, x in fid.last_samples), torch.zeros(3, dtype=torch.long))
+    out: dict[str, Any] = saturation(shards.sum(counts))
+    judge, why_not = data_judge(OmegaConf.select(cfg, "summary.judge"), getattr(datamodule, "name", None),
+                                OmegaConf.select(cfg, "summary.judge_weights"))
+    if judge is None:
+        return out | ({"judge": why_not} if why_not else {})
+    judge = judge.to(device)
+    fid_cfg = {"num_real": fid.num_real, "batch_size": fid.batch_size, "cache_dir": fid.cache_dir,
+               "inception_score": False, "splits": 1}
+    real, _ = real_feature_set(fid_cfg, judge, datamodule, datamodule.num_workers, shards, who="summary")
+    n = int(cfg.summary.fid_samples)
+    scores = sample_quality(fid_cfg, judge, real, num_classes).score(fid.last_samples, n, shards)
+    name = scores["extractor"]
+    return out | {"judge": scores["extractor_source"], f"fid_{name}": scores[f"fid_{name}"],
+                  f"agreement_{name}": scores[f"agreement_{name}"]}
 
 
 def final_summary(cfg: DictConfig, trainer: Trainer, module, datamodule) -> dict[str, Any]:
@@ -66,12 +108,15 @@ def final_summary(cfg: DictConfig, trainer: Trainer, module, datamodule) -> dict
         if isinstance(cb, FIDCallback) and cfg.summary.fid_samples:
             try:
                 value = cb.compute(trainer, module, num_samples=int(cfg.summary.fid_samples),
-                                   progress=shards.is_main, distributed=True)
+                                   progress=shards.is_main, distributed=True, keep_samples=True)
             except NonFiniteFeatures as err:
                 value = f"not measured: {err}"
             out[cb.metric_name] = value
             out["fid_samples"] = int(cfg.summary.fid_samples)
             out["fid_sampling"] = f"{cb.sampler.name} T={cb.steps} step={cb.step_size}"
+            if cb.last_samples:
+                out |= judged_samples(cfg, cb, datamodule, module.net.num_classes, shards, module.device)
+                cb.last_samples = []
         if isinstance(cb, SampleGrid) and cb.last_path is not None:
             out["sample_grid"] = str(cb.last_path)
     return out

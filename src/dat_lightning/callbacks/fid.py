@@ -76,6 +76,7 @@ class FIDCallback(Callback):
         self._fid = None
         self.last_value: float | None = None
         self.last_sample_energy: float | None = None
+        self.last_samples: list[tuple[range, torch.Tensor]] = []  # this process's, with keep_samples
 
     def _real_batches(self, trainer: Trainer):
         dm = trainer.datamodule
@@ -90,12 +91,14 @@ class FIDCallback(Callback):
         return statistics_cache(self.cache_dir, name, "train", extractor, self.num_real)
 
     def compute(self, trainer: Trainer, pl_module: LightningModule, num_samples: int | None = None,
-                progress: bool = False, distributed: bool = False) -> float:
+                progress: bool = False, distributed: bool = False, keep_samples: bool = False) -> float:
         """FID of ``num_samples`` samples (labels ``i % K``, seeds ``ood[10_000 + i]``).
 
         ``distributed=True`` must be called on every rank at once: each rank generates its
         :func:`shard_range` of the samples and the feature statistics are summed over ranks, so
         every rank gets the FID of all samples. Otherwise this process generates them all.
+        ``keep_samples``: keep this process's samples in ``last_samples`` as ``(item indices, images)``
+        on the CPU, for more scores of the same images (the run's final summary).
         """
         distributed = distributed and trainer.world_size > 1
         if self._fid is None:
@@ -112,6 +115,7 @@ class FIDCallback(Callback):
         total = num_samples or self.num_samples
         share = shard_range(total, trainer.global_rank, trainer.world_size, k) if distributed else range(total)
         energy_sum = 0.0
+        self.last_samples, start = [], share.start
         # Seeds start past the sample grid's, over the whole seed source.
         batches = generate_batches(net, trainer.datamodule.ood, len(share), k, step_size=self.step_size,
                                    steps=self.steps, batch_size=self.batch_size,
@@ -120,6 +124,9 @@ class FIDCallback(Callback):
             for x, _ in batches:
                 x = x.to(pl_module.device)
                 self._fid.update(x, real=False)
+                if keep_samples:
+                    self.last_samples.append((range(start, start + len(x)), x.cpu()))
+                    start += len(x)
                 with torch.no_grad():
                     energy_sum += float(marginal_energy(net(x)).sum())
         if distributed:

@@ -1,0 +1,74 @@
+"""The run's final summary scores its samples with a judge of the data's classes (issue 18, point 1):
+its agreement and FID equal a plain computation on the same images, the pixel saturation is the
+8-bit count, and a missing judge is said, not fatal."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dat_lightning.metrics.fmnist_judge import FashionMNISTCNN
+from dat_lightning.sharding import Shards
+from dat_lightning.summary import data_judge, judged_samples
+from helpers import TINY_FMNIST, compose_config, run_cli
+
+
+@pytest.fixture(scope="module")
+def judge_weights(tmp_path_factory):
+    """An untrained judge: its agreement is whatever its head says, which is all the test needs."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("judge") / "judge.pt"
+    torch.save(FashionMNISTCNN().state_dict(), path)
+    return path
+
+
+def samples(n: int = 30) -> list[tuple[range, torch.Tensor]]:
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(n, 1, 28, 28, generator=g)
+    x[:, :, :4] = 1.0  # a band of saturated pixels
+    x[:, :, -2:] = 0.0
+    return [(range(0, 16), x[:16]), (range(16, n), x[16:])]
+
+
+def test_summary_judge_scores_equal_a_plain_computation(judge_weights, tmp_path):
+    from dat_lightning.cli.train import build
+
+    cfg = compose_config(tmp_path, [*TINY_FMNIST, "summary.fid_samples=30", f"summary.judge_weights={judge_weights}"])
+    datamodule, _, _ = build(cfg)
+    datamodule.setup("fit")
+    fid = SimpleNamespace(last_samples=samples(), num_real=100, batch_size=50, cache_dir=None)
+    out = judged_samples(cfg, fid, datamodule, 10, Shards(), torch.device("cpu"))
+    x = torch.cat([images for _, images in samples()])
+    q = (x * 255).round()
+    assert out["pixels_at_max"] == pytest.approx(float((q == 255).float().mean()))
+    assert out["pixels_at_min"] == pytest.approx(float((q == 0).float().mean()))
+    net = FashionMNISTCNN()
+    net.load_state_dict(torch.load(judge_weights, weights_only=True))
+    with torch.no_grad():
+        expected = (net.head(net.features(x)).argmax(1) == torch.arange(30) % 10).float().mean()
+    (name,) = [k.removeprefix("agreement_") for k in out if k.startswith("agreement_")]
+    assert name.startswith("fmnist_cnn_") and out[f"agreement_{name}"] == pytest.approx(float(expected))
+    assert out[f"fid_{name}"] > 0 and str(judge_weights) in out["judge"]
+
+
+def test_a_missing_judge_is_said_and_the_rest_still_measured(tmp_path):
+    judge, why = data_judge("auto", "fmnist", str(tmp_path / "none.pt"))
+    assert judge is None and "python -m dat_lightning.judge" in why
+    assert data_judge("auto", "some_other_data") == (None, "no judge of the data 'some_other_data' in the "
+                                                            "extractor registry")
+    assert data_judge(None, "fmnist") == (None, None)
+
+
+def test_train_prints_the_judges_agreement_and_the_saturation(judge_weights, tmp_path):
+    result = run_cli([*TINY_FMNIST, "stage1_epochs=1", "stage2_epochs=1", "summary.enabled=true",
+                      "summary.test_size=16", "summary.fid_samples=20", f"summary.judge_weights={judge_weights}",
+                      f"hydra.run.dir={tmp_path}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    agreement = [k for k in summary if k.startswith("agreement_fmnist_cnn_")]
+    assert len(agreement) == 1 and 0 <= summary[agreement[0]] <= 1
+    assert 0 <= summary["pixels_at_max"] <= 1 and "pixels_at_max" in result.stdout
+    assert agreement[0] in result.stdout

@@ -1,6 +1,6 @@
-"""The run's final summary scores its samples with a judge of the data's classes (issue 18, point 1):
-its agreement and FID equal a plain computation on the same images, the pixel saturation is the
-8-bit count, and a missing judge is said, not fatal."""
+"""The run's final summary and `sample`'s T sweep score their samples with a judge of the data's
+classes (issue 18, point 1): its agreement and FID equal a plain computation on the same images, the
+pixel saturation is the 8-bit count, and a missing judge is said, not fatal."""
 
 from __future__ import annotations
 
@@ -72,3 +72,27 @@ def test_train_prints_the_judges_agreement_and_the_saturation(judge_weights, tmp
     assert len(agreement) == 1 and 0 <= summary[agreement[0]] <= 1
     assert 0 <= summary["pixels_at_max"] <= 1 and "pixels_at_max" in result.stdout
     assert agreement[0] in result.stdout
+
+
+def test_the_sample_sweep_reports_agreement_and_saturation_per_t(judge_weights, tiny_run_dir, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from dat_lightning.cli.sample import run
+    from dat_lightning.config import CONFIG_DIR
+    from dat_lightning.data.generated import UniformNoise
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("sample", overrides=[
+            f"ckpt={tiny_run_dir / 'checkpoints' / 'last.ckpt'}", "sampling.num_samples=20", "sampling.seeds=uniform",
+            "sweep=[0,1]", "fid.extractor=fmnist_cnn", f"fid.weights_path={judge_weights}", "fid.num_real=100",
+            "fid.splits=2", "fid.cache_dir=null", f"paths.output_dir={tmp_path}"])
+    rows = run(cfg)["sweep"]["rows"]
+    seeds = torch.stack([UniformNoise(channels=1, size=28, length=20)[i] for i in range(20)])  # T = 0: the seeds
+    net = FashionMNISTCNN()
+    net.load_state_dict(torch.load(judge_weights, weights_only=True))
+    with torch.no_grad():
+        expected = (net.head(net.features(seeds)).argmax(1) == torch.arange(20) % 10).float().mean()
+    (key,) = [k for k in rows[0] if k.startswith("agreement_fmnist_cnn_")]
+    assert rows[0][key] == pytest.approx(float(expected))
+    assert rows[0]["pixels_at_max"] == pytest.approx(float(((seeds * 255).round() == 255).float().mean()))
+    assert key in rows[1] and 0 <= rows[1]["pixels_at_max"] <= 1

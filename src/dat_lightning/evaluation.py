@@ -46,10 +46,11 @@ from dat_lightning.metrics.quality import (
     classwise_fid,
     extractor_name,
     features_of,
+    judged_classes,
     real_feature_set,
     sample_quality,
 )
-from dat_lightning.metrics.sample_stats import saturation, saturation_counts
+from dat_lightning.metrics.sample_stats import saturation_of
 from dat_lightning.sharding import Shards
 
 GRID_PER_CLASS = 10
@@ -149,8 +150,8 @@ class Evaluation:
         cfg = self.fid_config(extra)
         real = None if cfg.get("reference") else self.real_features(extra)[0]
         extractor = self.extractor(extra)
-        judges = conditional and getattr(extractor, "classifies", None) == self.run.config.data.get("name")
-        return sample_quality(cfg, extractor, real, self.num_classes if judges else None).score(parts, n, self.shards)
+        judged = judged_classes(extractor, self.run.config.data.get("name"), self.num_classes, conditional)
+        return sample_quality(cfg, extractor, real, judged).score(parts, n, self.shards)
 
     def picture(self, key: str, path: Path) -> str:
         self.pictures[key] = path
@@ -204,8 +205,7 @@ class Evaluation:
         scores = self.sample_quality(parts, n, conditional=settings.conditional)
         extras = {name: self.sample_quality(parts, n, name, settings.conditional)
                   for name in self.cfg.fid.get("extra_extractors") or []}
-        counts = self.shards.sum(sum((saturation_counts(x) for _, x in parts), torch.zeros(3, dtype=torch.long)))
-        scores |= saturation(counts)
+        scores |= saturation_of((x for _, x in parts), self.shards.sum)
         return scores | ({"extra": extras} if extras else {}) | {"sampling": asdict(settings) | {"seed_source": repr(source)},
                          "samples_grid": self.picture("fid/samples_grid", path)}
 

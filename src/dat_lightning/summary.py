@@ -18,7 +18,7 @@ from dat_lightning.data.faults import ignore_preemption_signals
 from dat_lightning.metrics.extractors import EXTRACTORS, build_extractor
 from dat_lightning.metrics.fid import NonFiniteFeatures
 from dat_lightning.metrics.quality import real_feature_set, sample_quality
-from dat_lightning.metrics.sample_stats import saturation, saturation_counts
+from dat_lightning.metrics.sample_stats import saturation_of
 from dat_lightning.sharding import Shards
 
 
@@ -66,8 +66,7 @@ def judged_samples(cfg: DictConfig, fid: FIDCallback, datamodule, num_classes: i
                    device: torch.device) -> dict[str, Any]:
     """Pixel saturation of the FID callback's last samples and, with a judge, its FID and class
     agreement on the same images (class-conditional samples: item ``i`` drawn for class ``i % K``)."""
-    counts = sum((saturation_counts(x) for _, x in fid.last_samples), torch.zeros(3, dtype=torch.long))
-    out: dict[str, Any] = saturation(shards.sum(counts))
+    out: dict[str, Any] = saturation_of((x for _, x in fid.last_samples), shards.sum)
     judge, why_not = data_judge(OmegaConf.select(cfg, "summary.judge"), getattr(datamodule, "name", None),
                                 OmegaConf.select(cfg, "summary.judge_weights"))
     if judge is None:

@@ -35,7 +35,8 @@ from dat_lightning.generation import (
     seed_source,
 )
 from dat_lightning.metrics.extractors import build_feature_extractor
-from dat_lightning.metrics.quality import real_feature_set, sample_quality
+from dat_lightning.metrics.quality import judged_classes, real_feature_set, sample_quality
+from dat_lightning.metrics.sample_stats import saturation_of
 from dat_lightning.reporting import close_loggers, log_numbers, log_pictures, write_json
 from dat_lightning.sharding import Shards
 
@@ -50,13 +51,15 @@ def run_sweep(cfg: DictConfig, run: LoadedRun, settings: SamplingSettings, sourc
     dm = build_datamodule(run, cfg.get("data_overrides"), num_workers=int(cfg.num_workers))
     real = None if cfg.fid.get("reference") else real_feature_set(
         cfg.fid, extractor, dm, int(cfg.num_workers), shards, who="sample")[0]
-    scorer = sample_quality(cfg.fid, extractor, real)
     k, n = run.net.num_classes, settings.num_samples
+    # a judge of the data's classes also gives the share of samples it assigns to their class
+    scorer = sample_quality(cfg.fid, extractor, real, judged_classes(extractor, run.config.data.get("name"), k,
+                                                                      settings.conditional))
     rows, loggers = [], make_loggers(cfg.get("logger")) if shards.is_main else []
     for steps in steps_list:
         parts = draw_shard(run.net, source, settings, k, shards, steps=steps)
         grid = shards.head(parts, min(int(cfg.grid_per_class) * k, n), image_shape(run))
-        row = {"steps": steps} | scorer.score(parts, n, shards)
+        row = {"steps": steps} | scorer.score(parts, n, shards) | saturation_of((x for _, x in parts), shards.sum)
         rows.append(row)
         if not shards.is_main:
             continue

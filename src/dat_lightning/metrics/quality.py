@@ -290,6 +290,12 @@ def real_feature_set(fid_cfg: Mapping[str, Any], extractor: nn.Module, datamodul
     return features
 
 
+def judged_classes(extractor: nn.Module, data_name: str | None, num_classes: int, conditional: bool = True) -> int | None:
+    """``num_classes`` when ``extractor``'s head classifies this data's classes and the samples were
+    drawn for classes (then :class:`SampleQuality` reports its agreement), else None."""
+    return num_classes if conditional and getattr(extractor, "classifies", None) == data_name else None
+
+
 def sample_quality(fid_cfg: Mapping[str, Any], extractor: nn.Module, real: Tensor | None = None,
                    judged_classes: int | None = None) -> SampleQuality:
     """The scorer ``fid_cfg`` describes: against ``real`` features (see :func:`real_feature_set`)

@@ -9,6 +9,8 @@ drawn for class ``i % K``) that a judge of the data's classes assigns to that cl
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import torch
 from torch import Tensor
 
@@ -23,6 +25,11 @@ def saturation(counts: Tensor) -> dict[str, float]:
     """Shares from :func:`saturation_counts` (summed over batches or processes)."""
     at_max, at_min, total = (int(v) for v in counts)
     return {"pixels_at_max": at_max / total, "pixels_at_min": at_min / total}
+
+
+def saturation_of(images: Iterable[Tensor], reduce: Callable[[Tensor], Tensor] = lambda t: t) -> dict[str, float]:
+    """:func:`saturation` of all ``images`` batches; ``reduce`` sums the counts over processes."""
+    return saturation(reduce(sum((saturation_counts(x) for x in images), torch.zeros(3, dtype=torch.long))))
 
 
 def class_agreement(logits: Tensor, labels: Tensor) -> float:

@@ -22,7 +22,7 @@ from lightning.pytorch import Callback
 
 from dat_lightning.callbacks import GenStepCurriculum, WarmupEMA
 from dat_lightning.cli.train import build
-from dat_lightning.divergence import DivergenceError, is_finite_step
+from dat_lightning.divergence import DivergenceError, DivergenceGuard, is_finite_step
 from helpers import NO_FID, compose_config
 
 RUN = (*NO_FID, "callbacks.sample_grid=null", "stage1_epochs=1", "stage2_epochs=1",
@@ -143,6 +143,15 @@ def test_finiteness_check_flags_nan_and_inf_but_not_large_values():
         assert is_finite_step(torch.tensor(1.0), [w]) is ok
     w.grad = torch.zeros(3)
     assert not is_finite_step(torch.tensor(math.nan), [w])
+
+
+def test_a_runaway_loss_is_a_bad_step_only_beyond_the_bound():
+    w = torch.nn.Parameter(torch.ones(3))
+    w.grad = torch.zeros(3)
+    for loss, bound, ok in ((-2e3, 1e3, False), (1e3, 1e3, True), (999.0, 1e3, True), (-5e7, None, True)):
+        assert is_finite_step(torch.tensor(loss), [w], bound) is ok
+    with pytest.raises(ValueError, match="max_abs_loss must be > 0"):
+        DivergenceGuard(10, 0.0)
 
 
 def test_nan_samples_skip_the_fid_and_the_run_ends_without_a_crash(tmp_path):

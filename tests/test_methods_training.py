@@ -132,6 +132,16 @@ def test_a_diverging_jem_run_stops_with_its_own_causes(tmp_path):
     assert "2 consecutive steps" in message and "model.chain.step_size" in message and "method.optimizer.lr" in message
 
 
+def test_a_runaway_energy_stops_an_eb_jdat_run_before_any_nan(tmp_path):
+    # A bound below any real loss: every step "runs away", as the energy of an EB-JDAT run on the
+    # CPU default did (|loss| 1e3 at step ~300, 6e7 at the end, the classifier at chance, no NaN).
+    with pytest.raises(DivergenceError) as stopped:
+        fit_tiny(tmp_path, ["method=eb_jdat", *SMALL_BUFFER, "model.max_abs_loss=1e-3", "model.max_bad_steps=2"])
+    message = str(stopped.value)
+    assert "2 consecutive steps had a non-finite loss or gradient or a loss beyond +-0.001 (model.max_abs_loss)" in message
+    assert "model.px_weight" in message  # the energy methods' own causes
+
+
 class BufferAtStart(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self.images = pl_module.buffer.images.clone()

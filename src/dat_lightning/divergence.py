@@ -1,4 +1,5 @@
-"""Divergence guard: skip training steps whose loss or gradients are not finite.
+"""Divergence guard: skip training steps whose loss or gradients are not finite, or whose loss has
+run away (``|loss| > max_abs_loss``).
 
 A non-finite step would write NaN into the weights, the EMA copy and the curriculum's AUC
 window, and every later step would inherit it. The guard lets the module skip such a step
@@ -6,6 +7,12 @@ entirely (no optimizer step, hence no EMA update, which follows the optimizer's 
 curriculum update; BatchNorm running statistics restored), counts it, and stops training with a
 :class:`DivergenceError` after ``max_consecutive`` bad steps in a row, naming the last good
 checkpoint and the usual causes.
+
+A runaway loss is the other way a run dies: an energy-based objective (JEM's, EB-JDAT's) can drive
+the energies of real and sampled images apart without bound, so the loss reaches 1e5 while staying
+finite and the classifier falls to chance (an EB-JDAT run on the CPU default: |loss| 1e3 at step
+~300, val accuracy 9% one epoch later, never a NaN). Energies of a classifier, -logsumexp of its
+logits, are tens at most; a loss beyond ``max_abs_loss`` (1e3 by default) is counted as a bad step.
 """
 
 from __future__ import annotations
@@ -23,17 +30,19 @@ from dat_lightning.batchnorm import batchnorm_layers, has_training_batchnorm
 
 
 class DivergenceError(RuntimeError):
-    """Training produced too many non-finite steps in a row."""
+    """Training produced too many non-finite (or runaway) steps in a row."""
 
 
-def is_finite_step(loss: Tensor, parameters: Iterable[nn.Parameter] = ()) -> bool:
-    """True when ``loss`` and every parameter gradient are finite.
+def is_finite_step(loss: Tensor, parameters: Iterable[nn.Parameter] = (), max_abs_loss: float | None = None) -> bool:
+    """True when ``loss`` and every parameter gradient are finite (and ``|loss| <= max_abs_loss``).
 
     One reduction (the max-abs norm over all gradients, which is NaN or inf exactly when some
     entry is) and one device sync; the max-abs norm cannot overflow where an L2 norm could.
     """
     grads = [p.grad.detach() for p in parameters if p.grad is not None]
     ok = torch.isfinite(loss.detach()).all()
+    if max_abs_loss is not None:
+        ok = ok & (loss.detach().abs() <= max_abs_loss).all()
     if grads:
         if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: fused
             max_abs = torch.nn.utils.get_total_norm(grads, norm_type=math.inf)
@@ -99,10 +108,13 @@ class DivergenceGuard:
     so the replicas never drift apart.
     """
 
-    def __init__(self, max_consecutive: int = 10) -> None:
+    def __init__(self, max_consecutive: int = 10, max_abs_loss: float | None = 1e3) -> None:
         if int(max_consecutive) < 1:
             raise ValueError(f"max_bad_steps must be >= 1, got {max_consecutive}")
+        if max_abs_loss is not None and not float(max_abs_loss) > 0:
+            raise ValueError(f"max_abs_loss must be > 0 (or null: no bound), got {max_abs_loss}")
         self.max_consecutive = int(max_consecutive)
+        self.max_abs_loss = None if max_abs_loss is None else float(max_abs_loss)
         self.consecutive = 0
         self.total = 0
 
@@ -114,7 +126,7 @@ class DivergenceGuard:
         """
         precision = getattr(strategy, "precision_plugin", None)
         scaled = getattr(precision, "scaler", None) is not None
-        ok = is_finite_step(loss, () if scaled else module.parameters())
+        ok = is_finite_step(loss, () if scaled else module.parameters(), self.max_abs_loss)
         if strategy is not None:
             ok = bool(strategy.reduce_boolean_decision(ok, all=True))
         if ok:
@@ -137,18 +149,23 @@ class DivergenceGuard:
                  f"steps so far, stage {stage}")
         if self.consecutive < self.max_consecutive:
             rank_zero_warn(
-                f"Skipped a training step with a non-finite loss or gradient ({where}; {values}): "
+                f"Skipped a training step with a {self.what_is_bad} ({where}; {values}): "
                 f"{self.consecutive} in a row, {self.total} in all. No weight, EMA or curriculum update."
             )
             return
         ckpt = latest_checkpoint(trainer)
         resume = f"'{ckpt}'" if ckpt else "none (no checkpoint was written before the divergence)"
         raise DivergenceError(
-            f"training diverged: {self.consecutive} consecutive steps had a non-finite loss or gradient "
+            f"training diverged: {self.consecutive} consecutive steps had a {self.what_is_bad} "
             f"(up to {where}; last values: {values}). They were skipped, then training stopped "
             f"(model.max_bad_steps={self.max_consecutive}). Last good checkpoint: {resume}.\n"
             f"Likely causes: {pl_module.divergence_causes()}"
         )
+
+    @property
+    def what_is_bad(self) -> str:
+        bound = "" if self.max_abs_loss is None else f" or a loss beyond +-{self.max_abs_loss:g} (model.max_abs_loss)"
+        return f"non-finite loss or gradient{bound}"
 
     def state_dict(self) -> dict[str, int]:
         return {"consecutive": self.consecutive, "total": self.total}

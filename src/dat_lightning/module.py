@@ -67,6 +67,8 @@ class DATModule(LightningModule):
         compile_kwargs: arguments of ``torch.compile`` (``backend``, ``mode``, ``dynamic`` ...).
         max_bad_steps: stop with an error after this many consecutive skipped (non-finite) steps
             (:mod:`dat_lightning.divergence`).
+        max_abs_loss: a finite loss beyond this magnitude counts as a bad step too (a runaway
+            energy); None: no bound.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class DATModule(LightningModule):
         compile: bool = False,
         compile_kwargs: Mapping[str, Any] | None = None,
         max_bad_steps: int = 10,
+        max_abs_loss: float | None = 1e3,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -112,7 +115,7 @@ class DATModule(LightningModule):
         self.scheduler_stage2 = scheduler_stage2
         self.stage2_start_epoch = stage2_start_epoch
         self.gen_steps: int | None = None  # the chain length T, set by the curriculum callback
-        self.divergence = DivergenceGuard(max_bad_steps)
+        self.divergence = DivergenceGuard(max_bad_steps, max_abs_loss)
         self.experiment_config: dict[str, Any] | None = None
         num_classes = getattr(net, "num_classes", None)
         self.val_acc_clean = MulticlassAccuracy(num_classes=num_classes, average="micro")

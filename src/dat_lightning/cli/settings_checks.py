@@ -100,6 +100,7 @@ def check_train_settings(cfg: DictConfig) -> None:
         _attack(cfg, "model.val_attack")
         positive(cfg, "model.gen_attack.step_size")
         at_least(cfg, "model.max_bad_steps", 1, null=True)
+        need(cfg, "model.max_abs_loss", lambda v: float(v) > 0, "a number > 0 (or null: no bound)", null=True)
     curriculum = "callbacks.curriculum"
     if OmegaConf.select(cfg, curriculum) is not None:
         at_least(cfg, f"{curriculum}.start_steps", 0)

@@ -155,7 +155,11 @@ class EnergyModule(DATModule):
         return (f"(1) the sampler's steps too large (model.chain.step_size={self.chain.step_size}, "
                 f"{self.chain.steps} steps of {self.chain.sampler.name}); (2) learning rate too high "
                 f"(lr={lr:.3g}: method.optimizer.lr); (3) the energy term outgrowing CE, as JEM is known to "
-                f"(model.px_weight={self.px_weight}; watch train/energy_real against train/energy_fake).\n"
+                f"(model.px_weight={self.px_weight}; watch train/loss_px: energies running apart without "
+                f"bound end at chance accuracy before any NaN)"
+                + (f"; (4) EB-JDAT's adversarial energy term (model.adversarial.energy_weight="
+                   f"{self.adversarial.energy_weight}; its code warms the learning rate up over 1000 steps)"
+                   if self.adversarial is not None else "") + ".\n"
                 "Fix the cause and train again (one stage: nothing to keep from before the divergence).")
 
     def step_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:

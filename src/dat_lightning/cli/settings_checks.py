@@ -101,6 +101,11 @@ def check_train_settings(cfg: DictConfig) -> None:
         positive(cfg, "model.gen_attack.step_size")
         at_least(cfg, "model.max_bad_steps", 1, null=True)
         need(cfg, "model.max_abs_loss", lambda v: float(v) > 0, "a number > 0 (or null: no bound)", null=True)
+    from dat_lightning.metrics.extractors import EXTRACTORS
+
+    # measured only once training ends: a wrong name must fail now, not after the run
+    need(cfg, "summary.judge", lambda v: v == "auto" or v in EXTRACTORS,
+         f"auto, null or an extractor name ({', '.join(sorted(EXTRACTORS))})", null=True)
     curriculum = "callbacks.curriculum"
     if OmegaConf.select(cfg, curriculum) is not None:
         at_least(cfg, f"{curriculum}.start_steps", 0)

@@ -260,3 +260,27 @@ def test_pretrained_without_any_weights_raises(monkeypatch):
     monkeypatch.setattr(timm_builder, "load_pretrained", lambda *args, **kwargs: None)
     with pytest.raises(RuntimeError, match="knows no weights"):
         build_classifier("wrn10_2", num_classes=10, pretrained=True)
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_channels_last_classifier_computes_the_same_logits_and_input_gradients(in_chans):
+    kwargs = dict(num_classes=10, in_chans=in_chans, mean=[0.3] * in_chans, std=[0.3] * in_chans)
+    torch.manual_seed(0)
+    plain = build_classifier("wrn10_1", **kwargs).eval()
+    fast = build_classifier("wrn10_1", channels_last=True, **kwargs).eval()
+    fast.load_state_dict(plain.state_dict())
+    conv = [m.weight for m in fast.backbone.modules()
+            if isinstance(m, nn.Conv2d) and m.in_channels > 1 and m.kernel_size == (3, 3)][-1]
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    x = torch.rand(4, in_chans, 28, 28)
+    grads = []
+    for net in (plain, fast):
+        z = x.clone().requires_grad_(True)
+        logits = net(z)
+        grads.append(torch.autograd.grad(logits.logsumexp(1).sum(), z)[0])
+        grads.append(logits)
+    torch.testing.assert_close(grads[1], grads[3], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[0], grads[2], rtol=1e-4, atol=1e-6)
+    # and back: a channels-last state dict loads into a plain network unchanged
+    plain.load_state_dict(fast.state_dict())
+    torch.testing.assert_close(plain(x), fast(x), rtol=1e-5, atol=1e-5)

@@ -72,6 +72,10 @@ def test_train_prints_the_judges_agreement_and_the_saturation(judge_weights, tmp
     assert len(agreement) == 1 and 0 <= summary[agreement[0]] <= 1
     assert 0 <= summary["pixels_at_max"] <= 1 and "pixels_at_max" in result.stdout
     assert agreement[0] in result.stdout
+    # the stage-one model drawn the same way, next to it (what stage two added)
+    assert summary["stage1_model"] == str(tmp_path / "checkpoints" / "stage1.ckpt")
+    assert 0 <= summary[f"stage1_{agreement[0]}"] <= 1 and 0 <= summary["stage1_pixels_at_max"] <= 1
+    assert summary["stage1_fid_cifar10_resnet18"] != summary["fid_cifar10_resnet18"]
 
 
 def test_the_sample_sweep_reports_agreement_and_saturation_per_t(judge_weights, tiny_run_dir, tmp_path):
@@ -96,3 +100,27 @@ def test_the_sample_sweep_reports_agreement_and_saturation_per_t(judge_weights, 
     assert rows[0][key] == pytest.approx(float(expected))
     assert rows[0]["pixels_at_max"] == pytest.approx(float(((seeds * 255).round() == 255).float().mean()))
     assert key in rows[1] and 0 <= rows[1]["pixels_at_max"] <= 1
+
+
+def test_the_stage_one_reference_is_the_runs_stage_one_checkpoint_or_init_ckpt(tiny_run_dir, tmp_path):
+    from omegaconf import OmegaConf
+
+    from dat_lightning.callbacks import StageOneCheckpoint
+    from dat_lightning.checkpoints.reading import read_checkpoint
+    from dat_lightning.models import build_classifier
+    from dat_lightning.summary import stage_one_model
+
+    stage1 = tiny_run_dir / "checkpoints" / "stage1.ckpt"
+    module = SimpleNamespace(net=build_classifier("wrn10_1", num_classes=10, in_chans=1, mean=[0.5], std=[0.5]))
+    expected = {k.removeprefix("net."): v for k, v in read_checkpoint(stage1)["state_dict"].items() if k.startswith("net.")}
+    trainer = SimpleNamespace(callbacks=[StageOneCheckpoint(str(stage1.parent))])
+    net, source = stage_one_model(OmegaConf.create({"stage2_epochs": 1, "init_ckpt": None}), trainer, module)
+    assert source == str(stage1) and net is not module.net and not net.training
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(value, expected[key])
+    # stage two from init_ckpt (no stage one in this run): that checkpoint is the reference
+    no_stage_one = SimpleNamespace(callbacks=[StageOneCheckpoint(str(tmp_path))])
+    _, source = stage_one_model(OmegaConf.create({"stage2_epochs": 1, "init_ckpt": str(stage1)}), no_stage_one, module)
+    assert source == str(stage1)
+    assert stage_one_model(OmegaConf.create({"stage2_epochs": 0, "init_ckpt": None}), trainer, module) == (None, None)
+    assert stage_one_model(OmegaConf.create({"stage2_epochs": 1, "init_ckpt": None}), no_stage_one, module) == (None, None)

@@ -3,6 +3,7 @@ data's own classes (the judge) and the pixels say of the same samples; where thi
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -13,7 +14,8 @@ from tqdm.auto import tqdm
 
 from dat_lightning.attacks import PGDSettings, pgd_attack
 from dat_lightning.batchnorm import eval_mode
-from dat_lightning.callbacks import FIDCallback, SampleGrid
+from dat_lightning.callbacks import FIDCallback, SampleGrid, StageOneCheckpoint
+from dat_lightning.checkpoints.loading import load_weights
 from dat_lightning.data.faults import ignore_preemption_signals
 from dat_lightning.metrics.extractors import EXTRACTORS, build_extractor
 from dat_lightning.metrics.fid import NonFiniteFeatures
@@ -82,6 +84,36 @@ def judged_samples(cfg: DictConfig, fid: FIDCallback, datamodule, num_classes: i
                   f"agreement_{name}": scores[f"agreement_{name}"]}
 
 
+def scored_samples(cfg: DictConfig, fid: FIDCallback, trainer: Trainer, module, datamodule, shards: Shards,
+                   net: torch.nn.Module | None = None) -> dict[str, Any]:
+    """The FID callback's score of ``summary.fid_samples`` samples of ``net`` (default: the final
+    model), then the judge's scores and the pixel saturation of the same images."""
+    try:
+        value = fid.compute(trainer, module, num_samples=int(cfg.summary.fid_samples), progress=shards.is_main,
+                            distributed=True, keep_samples=True, net=net)
+    except NonFiniteFeatures as err:
+        value = f"not measured: {err}"
+    out: dict[str, Any] = {fid.metric_name: value}
+    if fid.last_samples and isinstance(value, float):  # not of non-finite samples
+        out |= judged_samples(cfg, fid, datamodule, module.net.num_classes, shards, module.device)
+    fid.last_samples = []
+    return out
+
+
+def stage_one_model(cfg: DictConfig, trainer: Trainer, module) -> tuple[torch.nn.Module | None, str | None]:
+    """The model stage two started from, for a two-stage run: this run's ``stage1.ckpt`` or, when
+    stage two started from ``init_ckpt``, that checkpoint (EMA weights when it has them)."""
+    if not cfg.stage2_epochs:
+        return None, None
+    path = next((cb.path for cb in trainer.callbacks if isinstance(cb, StageOneCheckpoint) and cb.path.is_file()),
+                None) or OmegaConf.select(cfg, "init_ckpt")
+    if path is None:
+        return None, None
+    net = copy.deepcopy(module.net)
+    load_weights(net, path, format=OmegaConf.select(cfg, "model.init_ckpt_format", default="auto"), ema=True)
+    return net.eval(), str(path)
+
+
 def final_summary(cfg: DictConfig, trainer: Trainer, module, datamodule) -> dict[str, Any]:
     """Measure the final (EMA, when enabled) model on the test split and its samples, shared by
     every process of the run (call it on all of them)."""
@@ -105,17 +137,15 @@ def final_summary(cfg: DictConfig, trainer: Trainer, module, datamodule) -> dict
     }
     for cb in trainer.callbacks:
         if isinstance(cb, FIDCallback) and cfg.summary.fid_samples:
-            try:
-                value = cb.compute(trainer, module, num_samples=int(cfg.summary.fid_samples),
-                                   progress=shards.is_main, distributed=True, keep_samples=True)
-            except NonFiniteFeatures as err:
-                value = f"not measured: {err}"
-            out[cb.metric_name] = value
+            out |= scored_samples(cfg, cb, trainer, module, datamodule, shards)
             out["fid_samples"] = int(cfg.summary.fid_samples)
             out["fid_sampling"] = f"{cb.sampler.name} T={cb.steps} step={cb.step_size}"
-            if cb.last_samples and isinstance(value, float):  # not of non-finite samples
-                out |= judged_samples(cfg, cb, datamodule, module.net.num_classes, shards, module.device)
-            cb.last_samples = []
+            reference, source = stage_one_model(cfg, trainer, module)
+            if reference is not None:  # the same seeds and T: what stage two added
+                out["stage1_model"] = source
+                out |= {f"stage1_{key}": value for key, value in
+                        scored_samples(cfg, cb, trainer, module, datamodule, shards, net=reference).items()
+                        if key != "judge"}
         if isinstance(cb, SampleGrid) and cb.last_path is not None:
             out["sample_grid"] = str(cb.last_path)
     return out

@@ -91,7 +91,8 @@ class FIDCallback(Callback):
         return statistics_cache(self.cache_dir, name, "train", extractor, self.num_real)
 
     def compute(self, trainer: Trainer, pl_module: LightningModule, num_samples: int | None = None,
-                progress: bool = False, distributed: bool = False, keep_samples: bool = False) -> float:
+                progress: bool = False, distributed: bool = False, keep_samples: bool = False,
+                net: nn.Module | None = None) -> float:
         """FID of ``num_samples`` samples (labels ``i % K``, seeds ``ood[10_000 + i]``).
 
         ``distributed=True`` must be called on every rank at once: each rank generates its
@@ -99,6 +100,8 @@ class FIDCallback(Callback):
         every rank gets the FID of all samples. Otherwise this process generates them all.
         ``keep_samples``: keep this process's samples in ``last_samples`` as ``(item indices, images)``
         on the CPU, for more scores of the same images (the run's final summary).
+        ``net``: the classifier to sample from (default: the run's evaluation net, EMA when it runs),
+        e.g. the stage-one model, drawn with the same seeds and T.
         """
         distributed = distributed and trainer.world_size > 1
         if self._fid is None:
@@ -110,7 +113,7 @@ class FIDCallback(Callback):
             if distributed and trainer.is_global_zero:
                 trainer.strategy.barrier("fid_real_statistics")
         self._fid.reset()
-        net = evaluation_net(trainer, pl_module)
+        net = evaluation_net(trainer, pl_module) if net is None else net
         k = pl_module.net.num_classes
         total = num_samples or self.num_samples
         share = shard_range(total, trainer.global_rank, trainer.world_size, k) if distributed else range(total)

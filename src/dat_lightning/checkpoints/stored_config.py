@@ -45,6 +45,7 @@ _NETWORK_ARGS: dict[str, tuple[type, ...]] = {
     "pretrained": (bool,),
     "drop_rate": (int, float),
     "drop_path_rate": (int, float),
+    "channels_last": (bool,),
 }
 
 

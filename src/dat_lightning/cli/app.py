@@ -52,4 +52,20 @@ def in_run_directory(cfg: DictConfig, task: Callable[[DictConfig], Any]) -> Any:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     with clear_errors(output_dir):
         run_directory.claim(output_dir, cfg)
-        return task(cfg)
+        result = task(cfg)
+    close_process_group()
+    return result
+
+
+def close_process_group() -> None:
+    """Take down the process group a multi-process launch made, once every process is done.
+
+    A process that exits with the group alive can abort in gloo's worker threads at interpreter
+    shutdown ("terminate called without an active exception", exit code -6) after all its work
+    succeeded; the barrier first keeps one process from closing the group under another's last
+    collective."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

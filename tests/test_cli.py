@@ -6,11 +6,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from helpers import cli_env, run_cli
+from helpers import cli_env, run_cli, session_cache
 
 
 def train(tmp_path: Path, *args: str, timeout: int = 180):
-    return run_cli(args, cwd=tmp_path, env=cli_env(DAT_CACHE=str(tmp_path / "cache")), timeout=timeout)
+    return run_cli(args, cwd=tmp_path, env=cli_env(DAT_CACHE=str(session_cache(tmp_path))), timeout=timeout)
 
 
 def assert_ok(result) -> None:

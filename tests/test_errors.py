@@ -110,7 +110,7 @@ def test_non_positive_values_are_refused_before_training(tmp_path, override, fra
 
 
 def test_stage_two_without_a_stage_one_model(tmp_path):
-    result = run_cli(["stage1_epochs=0", *QUICK], tmp_path)
+    result = run_cli(["stage1_epochs=0", "init_ckpt=null", *QUICK], tmp_path)
     assert_clean_failure(result, "stage two", "stage1_epochs > 0", "init_ckpt=PATH")
 
 

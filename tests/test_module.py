@@ -23,7 +23,7 @@ def test_stage_two_refuses_training_batchnorm_and_a_missing_curriculum(tmp_path)
 
 
 def test_stage_two_from_epoch_zero_needs_init_ckpt(tmp_path):
-    cfg = compose_config(tmp_path, ["stage1_epochs=0"])
+    cfg = compose_config(tmp_path, ["stage1_epochs=0", "init_ckpt=null"])
     with pytest.raises(Exception, match="init_ckpt=PATH"):
         hydra.utils.instantiate(cfg.model)
 

@@ -15,11 +15,13 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+from helpers import session_cache
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(args: list, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+def run(args: list, cwd: Path, timeout: float = 300, **extra_env: str) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", **extra_env}
     return subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -56,6 +58,6 @@ def test_the_built_wheel_installs_and_runs_outside_the_repository(tmp_path):
     shown = run([venv / "bin" / "dat-train", "--cfg", "job"], cwd=elsewhere)
     assert shown.returncode == 0 and "task_name: train" in shown.stdout, shown.stderr[-3000:]
     trained = run([venv / "bin" / "python", "-m", "dat_lightning.train", "trainer.fast_dev_run=true",
-                   "data.num_workers=0"], cwd=elsewhere)
+                   "data.num_workers=0"], cwd=elsewhere, DAT_CACHE=str(session_cache(tmp_path)))
     assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-3000:]
     assert list((elsewhere / "outputs" / "train").glob("*/samples/final.png"))

@@ -168,3 +168,24 @@ def test_the_stage_one_reference_is_the_runs_stage_one_checkpoint_or_init_ckpt(t
     assert source == str(stage1)
     assert stage_one_model(OmegaConf.create({"stage2_epochs": 0, "init_ckpt": None}), trainer, module) == (None, None)
     assert stage_one_model(OmegaConf.create({"stage2_epochs": 1, "init_ckpt": None}), no_stage_one, module) == (None, None)
+
+
+def test_the_summary_makes_its_scorers_once_for_every_model_it_scores(judge_weights, tmp_path, monkeypatch):
+    """The final and the stage-one model's samples share the judge, Inception and their real side."""
+    from dat_lightning import summary
+    from dat_lightning.cli.train import build
+
+    calls = []
+    real_feature_set = summary.real_feature_set
+    monkeypatch.setattr(summary, "real_feature_set", lambda *a, **k: calls.append(a[1]) or real_feature_set(*a, **k))
+    cfg = compose_config(tmp_path, [*TINY_FMNIST, "summary.fid_samples=30", f"summary.judge_weights={judge_weights}"])
+    datamodule, _, _ = build(cfg)
+    datamodule.setup("fit")
+    fid = SimpleNamespace(last_samples=samples(), num_real=100, batch_size=50, cache_dir=None, extractor=None)
+    scorers = summary.SampleScorers(cfg, fid, datamodule, 10, Shards(), torch.device("cpu"))
+    first = scorers()
+    fid.last_samples = [(rows, 1 - x) for rows, x in samples()]  # another model's samples
+    second = scorers()
+    assert len(calls) == 2  # the judge's and Inception's real features, once each
+    assert first.keys() == second.keys() and first["fid_inception_v3"] != second["fid_inception_v3"]
+    assert second == judged_samples(cfg, fid, datamodule, 10, Shards(), torch.device("cpu"))

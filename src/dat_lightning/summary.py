@@ -4,6 +4,7 @@ data's own classes (the judge) and the pixels say of the same samples; where thi
 from __future__ import annotations
 
 import copy
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from dat_lightning.metrics.extractors import EXTRACTORS, build_extractor
 from dat_lightning.metrics.fid import NonFiniteFeatures
 from dat_lightning.metrics.inception import InceptionFeatures
 from dat_lightning.metrics.quality import (
+    SampleQuality,
     extractor_name,
     extractor_source,
     judged_classes,
@@ -83,52 +85,77 @@ def first_items(parts, m: int) -> list[tuple[range, torch.Tensor]]:
     return kept
 
 
-def extractor_scores(extractor, fid: FIDCallback, datamodule, num_real: int, n: int, num_classes: int,
-                     shards: Shards, device: torch.device) -> dict[str, Any]:
-    """FID under ``extractor`` of the FID callback's first ``n`` last samples against ``num_real``
-    train images (features cached), and its class agreement when its head classifies this data."""
-    extractor = extractor.to(device)
-    fid_cfg = {"num_real": num_real, "batch_size": fid.batch_size, "cache_dir": fid.cache_dir,
-               "inception_score": False, "splits": 1}
-    real, _ = real_feature_set(fid_cfg, extractor, datamodule, datamodule.num_workers, shards, who="summary")
-    classes = judged_classes(extractor, getattr(datamodule, "name", None), num_classes)
-    parts = first_items(fid.last_samples, n)
-    name = extractor_name(extractor)
-    parts_shown = tqdm(parts, desc=f"summary: {name} features", leave=False, disable=not shards.is_main)
-    scores = sample_quality(fid_cfg, extractor, real, classes).score(parts_shown, n, shards)
-    return {key: scores[key] for key in (f"fid_{name}", f"agreement_{name}") if key in scores}
+class SampleScorers:
+    """The scores a summary gives the FID callback's last samples: pixel saturation; with a judge,
+    its FID and class agreement (item ``i`` drawn for class ``i % K``); the Inception FID of the
+    first ``summary.inception_samples``. The extractors and their real-image features are made on
+    first use and kept, so that every model the summary scores (final, stage one) shares them."""
+
+    def __init__(self, cfg: DictConfig, fid: FIDCallback, datamodule, num_classes: int, shards: Shards,
+                 device: torch.device) -> None:
+        self.cfg, self.fid, self.datamodule, self.num_classes = cfg, fid, datamodule, num_classes
+        self.shards, self.device = shards, device
+
+    @cached_property
+    def scorers(self) -> tuple[list[tuple[SampleQuality, int]], dict[str, Any]]:
+        """``([(scorer, number of samples it scores)], labels)``; labels say what was not measured."""
+        cfg, fid = self.cfg, self.fid
+        data_name = getattr(self.datamodule, "name", None)
+        n = int(cfg.summary.fid_samples)
+        scorers, labels = [], {}
+        judge, why_not = data_judge(OmegaConf.select(cfg, "summary.judge"), data_name,
+                                    OmegaConf.select(cfg, "summary.judge_weights"))
+        if judge is not None:
+            labels["judge"] = extractor_source(judge)
+            scorers.append((self._scorer(judge, fid.num_real), n))
+        elif why_not:
+            labels["judge"] = why_not
+        n_inception = min(n, int(OmegaConf.select(cfg, "summary.inception_samples", default=0) or 0))
+        if n_inception and extractor_name(fid.extractor) != INCEPTION:  # else the callback's FID already is
+            try:
+                inception = build_extractor("inception")
+            except (FileNotFoundError, RuntimeError) as err:
+                return scorers, labels | {f"fid_{INCEPTION}": f"not measured: {err}"}
+            num_real = int(cfg.summary.inception_real)
+            scorers.append((self._scorer(inception, num_real), n_inception))
+            labels["inception_fid_of"] = f"first {n_inception} samples vs {num_real} train images"
+        return scorers, labels
+
+    def _scorer(self, extractor, num_real: int) -> SampleQuality:
+        """FID (and agreement, when its head classifies this data) under ``extractor`` against
+        ``num_real`` train images (features cached under the FID callback's cache_dir)."""
+        extractor = extractor.to(self.device)
+        fid_cfg = {"num_real": num_real, "batch_size": self.fid.batch_size, "cache_dir": self.fid.cache_dir,
+                   "inception_score": False, "splits": 1}
+        real, _ = real_feature_set(fid_cfg, extractor, self.datamodule, self.datamodule.num_workers, self.shards,
+                                   who="summary")
+        classes = judged_classes(extractor, getattr(self.datamodule, "name", None), self.num_classes)
+        return sample_quality(fid_cfg, extractor, real, classes)
+
+    def __call__(self) -> dict[str, Any]:
+        """The scores of the FID callback's current ``last_samples``."""
+        samples = self.fid.last_samples
+        out: dict[str, Any] = saturation_of((x for _, x in samples), self.shards.sum)
+        scorers, labels = self.scorers
+        out |= labels
+        for quality, n in scorers:
+            parts = tqdm(first_items(samples, n), desc=f"summary: {quality.name} features", leave=False,
+                         disable=not self.shards.is_main)
+            scores = quality.score(parts, n, self.shards)
+            out |= {key: scores[key] for key in (f"fid_{quality.name}", f"agreement_{quality.name}") if key in scores}
+        return out
 
 
 def judged_samples(cfg: DictConfig, fid: FIDCallback, datamodule, num_classes: int, shards: Shards,
                    device: torch.device) -> dict[str, Any]:
-    """Pixel saturation of the FID callback's last samples and, with a judge, its FID and class
-    agreement on the same images (class-conditional samples: item ``i`` drawn for class ``i % K``);
-    then the Inception FID of the first ``summary.inception_samples`` of them."""
-    out: dict[str, Any] = saturation_of((x for _, x in fid.last_samples), shards.sum)
-    n = int(cfg.summary.fid_samples)
-    judge, why_not = data_judge(OmegaConf.select(cfg, "summary.judge"), getattr(datamodule, "name", None),
-                                OmegaConf.select(cfg, "summary.judge_weights"))
-    if judge is not None:
-        out |= {"judge": extractor_source(judge)}
-        out |= extractor_scores(judge, fid, datamodule, fid.num_real, n, num_classes, shards, device)
-    elif why_not:
-        out["judge"] = why_not
-    n_inception = min(n, int(OmegaConf.select(cfg, "summary.inception_samples", default=0) or 0))
-    if n_inception and extractor_name(fid.extractor) != INCEPTION:  # else the callback's FID already is
-        try:
-            inception = build_extractor("inception")
-        except (FileNotFoundError, RuntimeError) as err:
-            return out | {f"fid_{INCEPTION}": f"not measured: {err}"}
-        num_real = int(cfg.summary.inception_real)
-        out |= extractor_scores(inception, fid, datamodule, num_real, n_inception, num_classes, shards, device)
-        out["inception_fid_of"] = f"first {n_inception} samples vs {num_real} train images"
-    return out
+    """The :class:`SampleScorers` scores of the FID callback's last samples, scorers made afresh."""
+    return SampleScorers(cfg, fid, datamodule, num_classes, shards, device)()
 
 
-def scored_samples(cfg: DictConfig, fid: FIDCallback, trainer: Trainer, module, datamodule, shards: Shards,
-                   net: torch.nn.Module | None = None) -> dict[str, Any]:
+def scored_samples(cfg: DictConfig, fid: FIDCallback, trainer: Trainer, module, shards: Shards,
+                   scorers: SampleScorers, net: torch.nn.Module | None = None) -> dict[str, Any]:
     """The FID callback's score of ``summary.fid_samples`` samples of ``net`` (default: the final
-    model), then the judge's scores and the pixel saturation of the same images."""
+    model), then the ``scorers``' scores of the same images."""
     try:
         value = fid.compute(trainer, module, num_samples=int(cfg.summary.fid_samples), progress=shards.is_main,
                             distributed=True, keep_samples=True, net=net)
@@ -136,7 +163,7 @@ def scored_samples(cfg: DictConfig, fid: FIDCallback, trainer: Trainer, module, 
         value = f"not measured: {err}"
     out: dict[str, Any] = {fid.metric_name: value}
     if fid.last_samples and isinstance(value, float):  # not of non-finite samples
-        out |= judged_samples(cfg, fid, datamodule, module.net.num_classes, shards, module.device)
+        out |= scorers()
     fid.last_samples = []
     return out
 
@@ -178,14 +205,15 @@ def final_summary(cfg: DictConfig, trainer: Trainer, module, datamodule) -> dict
     }
     for cb in trainer.callbacks:
         if isinstance(cb, FIDCallback) and cfg.summary.fid_samples:
-            out |= scored_samples(cfg, cb, trainer, module, datamodule, shards)
+            scorers = SampleScorers(cfg, cb, datamodule, module.net.num_classes, shards, module.device)
+            out |= scored_samples(cfg, cb, trainer, module, shards, scorers)
             out["fid_samples"] = int(cfg.summary.fid_samples)
             out["fid_sampling"] = f"{cb.sampler.name} T={cb.steps} step={cb.step_size}"
             reference, source = stage_one_model(cfg, trainer, module)
             if reference is not None:  # the same seeds and T: what stage two added
                 out["stage1_model"] = source
                 out |= {f"stage1_{key}": value for key, value in
-                        scored_samples(cfg, cb, trainer, module, datamodule, shards, net=reference).items()
+                        scored_samples(cfg, cb, trainer, module, shards, scorers, net=reference).items()
                         if key not in ("judge", "inception_fid_of")}
         if isinstance(cb, SampleGrid) and cb.last_path is not None:
             out["sample_grid"] = str(cb.last_path)

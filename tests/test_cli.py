@@ -23,10 +23,15 @@ def job_config(job_dir: Path):
 
 def test_cli_default_fast_dev_run(tmp_path):
     run_dir = tmp_path / "run"
-    assert_ok(train(tmp_path, "trainer.fast_dev_run=true", f"hydra.run.dir={run_dir}"))
+    result = train(tmp_path, "trainer.fast_dev_run=true", f"hydra.run.dir={run_dir}")
+    assert_ok(result)
     cfg = job_config(run_dir)
     assert cfg.task_name == "train" and cfg.trainer.fast_dev_run is True
     assert (run_dir / "samples" / "final.png").is_file()  # outputs land in the run directory
+    # The default starts in stage two: its FID runs, shrunk to a check (the run's output says so).
+    output = result.stdout + result.stderr
+    assert "fast_dev_run: fid_cifar10_resnet18 of 50 samples against 50 real images" in output
+    assert list(session_cache(tmp_path).glob("fid/*_cifar10_resnet18_50.pt"))
 
 
 def test_cli_named_experiment_fast_dev_run(tmp_path):

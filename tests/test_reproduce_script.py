@@ -61,6 +61,7 @@ def test_reproduce_script_on_the_shipped_stage_one_writes_the_judged_table(tmp_p
     # The stage-two run started from the shipped model and chose its best checkpoint by the judge's FID.
     best = read_checkpoint(out / "stage2" / "checkpoints" / "best-fid.ckpt")
     assert best["dat_config"]["init_ckpt"] == str(shipped)
+    assert best["dat_config"]["model"]["optimizer_stage2"]["lr"] == 2e-3  # the preset's, not the config's 1e-3
     header = next((out / "stage2" / "csv").rglob("metrics.csv")).read_text().splitlines()[0]
     assert f"fid_{judge}" in header.split(",")
 

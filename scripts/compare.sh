@@ -38,17 +38,14 @@ AA_N=${AA_N:-500}
 FID_SAMPLES=${FID_SAMPLES:-1000}
 NUM_REAL=${NUM_REAL:-5000}
 INCEPTION=${INCEPTION:-1}
-JUDGE=${JUDGE:-${DAT_CACHE:-$HOME/.cache/dat_lightning}/fmnist_cnn_judge.pt}
+source scripts/judge.sh
 PHASES=${PHASES:-train evaluate}
 TABLE_SETTINGS=${TABLE_SETTINGS:-1}
 read -r -a EXTRA_EVAL <<< "${EVAL_ARGS:-}"
 mkdir -p "$OUT"
 START=$(date +%s)
 
-if [ ! -f "$JUDGE" ]; then
-  echo ">>> the Fashion-MNIST judge (once): $JUDGE"
-  "$PY" -m dat_lightning.judge "out=$JUDGE" "hydra.run.dir=$OUT/judge" || exit 1
-fi
+ensure_judge "$OUT" || exit 1
 
 for method in $METHODS; do
   if [ "$method" = dat ]; then

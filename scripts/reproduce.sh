@@ -58,7 +58,7 @@ esac
 AA_ATTACKS=${AA_ATTACKS:-[apgd-ce,apgd-t]}
 TEST_SIZE=${TEST_SIZE:-null}
 INCEPTION=${INCEPTION:-1}
-JUDGE=${JUDGE:-${DAT_CACHE:-$HOME/.cache/dat_lightning}/fmnist_cnn_judge.pt}
+source scripts/judge.sh
 read -r -a EXTRA_EVAL <<< "${EVAL_ARGS:-}"
 
 if [ "$AA_ATTACKS" = "standard" ]; then
@@ -72,10 +72,7 @@ SCRIPT_START=$(date +%s)  # the judge's training (once per cache) counts
 EXTRACTOR_OPTS=()
 TRAIN_FID=("callbacks.fid.extractor.name=$FID_EXTRACTOR")
 if [ "$FID_EXTRACTOR" = fmnist_cnn ]; then
-  if [ ! -f "$JUDGE" ]; then
-    echo ">>> the Fashion-MNIST judge (once): $JUDGE"
-    "$PY" -m dat_lightning.judge "out=$JUDGE" "hydra.run.dir=$OUT/judge"
-  fi
+  ensure_judge "$OUT"
   EXTRACTOR_OPTS=("fid.weights_path=$JUDGE")
   TRAIN_FID+=("+callbacks.fid.extractor.weights_path=$JUDGE")
 fi
@@ -86,7 +83,7 @@ STAGE2_OPTS=()  # stage two only: the chain cap and the learning rate
 STAGE2_CKPT="$OUT/stage2/checkpoints/best-fid.ckpt"
 if [ "$STAGE1_EPOCHS" = 0 ]; then
   STAGE1_CKPT=$("$PY" -c "from dat_lightning.config import WEIGHTS_DIR; print(WEIGHTS_DIR / 'fmnist_wrn10_stage1.ckpt')")
-  STAGE1_CMD=(make stage1-checkpoint "(shipped: $STAGE1_CKPT)")
+  STAGE1_CMD=()  # shipped: nothing to run
 else
   STAGE1_CKPT="$OUT/stage1/checkpoints/stage1.ckpt"
   # Stage one validates and draws its sample grid every 3rd epoch only (monitoring; 19.0 -> 16.8 min).
@@ -177,7 +174,7 @@ for stage in "${STAGES[@]}"; do
   echo "evaluation of $stage done: $OUT/eval_$stage/report.json"
 done
 
-"$PY" - "$OUT" "$STAGE1_CKPT" "$STAGE2_CKPT" "${STAGE1_CMD[*]}" "${STAGE2_CMD[*]}" \
+"$PY" - "$OUT" "$STAGE1_CKPT" "$STAGE2_CKPT" "${STAGE1_CMD[*]+${STAGE1_CMD[*]}}" "${STAGE2_CMD[*]}" \
     "$(( $(date +%s) - SCRIPT_START ))" "${SKIP_TRAIN:-0}" "$THREADS" <<'PYEOF'
 import json
 import os
@@ -239,10 +236,6 @@ def judged_rows(fid1, fid2):
     return rows
 
 
-def ratio(fid1, fid2, key):
-    return fid1[key] / fid2[key]
-
-
 rows = [
     (f"clean accuracy (%, {m2['clean']['n_examples']} test images)", pct(m1["clean"]["accuracy"]), pct(m2["clean"]["accuracy"])),
     (f"AutoAttack {aa['norm']} eps={aa['eps']:g} robust accuracy (%, first {aa['n_examples']} test images, "
@@ -255,11 +248,11 @@ rows = [
     ("ECE (20 bins, %)", pct(m1["calibration"]["ece"]), pct(m2["calibration"]["ece"])),
     ("evaluation wall time (min)", f"{r1['wall_time_s']['total'] / 60:.1f}", f"{r2['wall_time_s']['total'] / 60:.1f}"),
 ]
-ratios = {name: ratio(m1["fid"], m2["fid"], f"fid_{name}")}
+ratios = {name: m1["fid"][f"fid_{name}"] / m2["fid"][f"fid_{name}"]}
 if "inception" in m2["fid"].get("extra", {}):
-    ratios["Inception-v3"] = ratio(m1["fid"]["extra"]["inception"], m2["fid"]["extra"]["inception"], "fid_inception_v3")
+    ratios["Inception-v3"] = (m1["fid"]["extra"]["inception"]["fid_inception_v3"]
+                              / m2["fid"]["extra"]["inception"]["fid_inception_v3"])
 robust_change = 100 * (m2["autoattack"]["robust_accuracy"] - m1["autoattack"]["robust_accuracy"])
-shipped = not (out / "stage1" / "train_wall_time_s").is_file() and "stage1-checkpoint" in stage1_cmd
 lines = [
     "| | stage one (AT) | stage two (DAT, best-FID checkpoint) |",
     "|---|---:|---:|",
@@ -273,7 +266,7 @@ lines = [
        f"{int((out / 'real_features_wall_time_s').read_text()) / 60:.1f} min."]
       if (out / "real_features_wall_time_s").is_file() else []),
     (f"Stage one: the model the package ships ({stage1_ckpt}), made bit for bit by `make stage1-checkpoint`."
-     if shipped else f"Stage one: `{stage1_cmd}`, wall time {train_wall('stage1')}."),
+     if not stage1_cmd else f"Stage one: `{stage1_cmd}`, wall time {train_wall('stage1')}."),
     f"Stage two: `{stage2_cmd}`, wall time {train_wall('stage2')}.",
     f"This script, {'evaluations only (SKIP_TRAIN=1)' if skipped_train else 'training and evaluations'}: "
     f"{script_wall_s / 60:.1f} min on {os.cpu_count()} cores ({cpu}, "

@@ -8,8 +8,9 @@ Guarantees:
   is derived from the command's overrides, ``ckpt_path: last`` is the default) and finishes the run.
 - A signal to the whole process group (SLURM without ``B:``, ``timeout``, ``kill -- -PGID``) with
   real data-loader workers: the workers leave it to the training process, which saves and exits
-  with 128 + signal, for SIGTERM and SIGUSR1. A process whose workers are still running when it
-  exits (a loader never shut down) still exits.
+  with 128 + signal, for SIGTERM and SIGUSR1. A worker ignores such a signal from anyone but its
+  parent and exits at once on one from its parent (a loader's ``terminate()``), so a process whose
+  workers are still running when it exits (a loader never shut down) still exits.
 - A run stuck outside a training step still ends: a second signal at once; one signal after
   ``grace_s`` when the process runs Python (here: sleeps), after ``responsive_s`` when it is
   blocked in native code (here: two DDP ranks waiting for a message nobody sends); exit code
@@ -31,6 +32,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from dat_lightning.checkpoints import CheckpointError, read_checkpoint
 from dat_lightning.cli.run_directory import resolve_ckpt_path
@@ -180,9 +182,39 @@ print("exiting", flush=True)
 """
 
 
-def test_a_process_exits_with_data_workers_that_ignore_sigterm_left_running(tmp_path):
-    """multiprocessing ends daemonic children at exit with SIGTERM, which our workers ignore (a CI run
-    once hung after its last test, joining them)."""
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped, counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_worker_leaves_a_signal_to_the_training_process_unless_it_comes_from_it(signum):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from dat_lightning.data.faults import ignore_preemption_signals
+
+    loader = DataLoader(TensorDataset(torch.arange(16.0)), batch_size=4, num_workers=2, persistent_workers=True,
+                        worker_init_fn=ignore_preemption_signals)
+    batches = iter(loader)
+    next(batches)  # the workers are up and initialised
+    first, second = (w.pid for w in batches._workers)
+    subprocess.run(["kill", f"-{signal.Signals(signum).name[3:]}", str(first), str(second)], check=True)
+    time.sleep(1.0)
+    assert alive(first) and alive(second)  # from another process (a group signal, `kill`): ignored
+    os.kill(first, signum)  # from the parent, as DataLoader's and multiprocessing's terminate() send it
+    deadline = time.monotonic() + 5.0
+    while alive(first) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(first) and alive(second)
+    del batches  # PyTorch shuts the rest down; an ignored terminate() cost 10 s per worker
+
+
+def test_a_process_exits_with_data_workers_left_running(tmp_path):
+    """multiprocessing ends daemonic children at exit with SIGTERM and joins them (a CI run once hung
+    after its last test when our workers ignored that SIGTERM)."""
     proc = subprocess.Popen([sys.executable, "-c", LEFT_BEHIND_LOADER], cwd=tmp_path, env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     output, _ = finish(proc, timeout=90)

@@ -11,11 +11,11 @@ the file, and a counter shared by all workers counts the skips.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import multiprocessing
-import multiprocessing.util
+import os
 import signal
+import threading
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -28,33 +28,29 @@ CORRUPT_IMAGE_POLICIES = ("fail", "skip")
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 def ignore_preemption_signals(worker_id: int = 0) -> None:
-    """``worker_init_fn`` of every DataLoader: SIGTERM and SIGUSR1 are the training process's.
+    """``worker_init_fn`` of every DataLoader: a preemption signal is the training process's.
 
-    The worker also drops the wakeup socket it inherited at fork, so nothing it receives is
+    SIGTERM or SIGUSR1 sent to the whole process group (SLURM, ``timeout``, ``kill -- -PGID``) must
+    not end a worker before the training process has saved, so the worker blocks both and a thread
+    reads them with their sender: from the worker's parent (the loader ending its workers with
+    ``terminate()``, or multiprocessing doing so at exit) the worker exits at once; from anyone
+    else it is ignored. Ignoring SIGTERM outright made every such ``terminate()`` fail: an
+    abandoned loader then cost 10 s per worker to shut down, and a process exiting with one never
+    ended. The worker also drops the wakeup socket it inherited at fork, so nothing it receives is
     mistaken for a signal to the training process.
     """
-    for signum in PREEMPTION_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
     signal.set_wakeup_fd(-1)
+    # Before any other thread of the worker starts: threads inherit the mask.
+    signal.pthread_sigmask(signal.SIG_BLOCK, PREEMPTION_SIGNALS)
+    threading.Thread(target=_exit_when_the_parent_signals, args=(os.getppid(),),
+                     name="preemption-signals", daemon=True).start()
 
 
-def kill_daemonic_children() -> None:
-    """Registered to run at exit just before multiprocessing's own exit handler.
-
-    That handler ends daemonic children with SIGTERM and then joins them; our DataLoader workers
-    ignore SIGTERM, so a worker whose loader was never shut down (an iterator still referenced when
-    the interpreter exits) kept the process from ever exiting. They are killed instead: a worker
-    holds nothing to save. PyTorch's SIGCHLD handler, which would report each as a failed
-    worker, is put back to the default first.
-    """
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    for child in multiprocessing.active_children():
-        if child.daemon:
-            child.kill()
-
-
-# atexit runs last-registered first; multiprocessing.util registered its handler on import (above).
-atexit.register(kill_daemonic_children)
+def _exit_when_the_parent_signals(parent_pid: int) -> None:
+    while True:
+        if signal.sigwaitinfo(PREEMPTION_SIGNALS).si_pid == parent_pid:
+            # Status 0: PyTorch's SIGCHLD handler would report any other as a crashed worker.
+            os._exit(0)
 
 
 def check_policy(policy: str) -> str:

@@ -61,7 +61,10 @@ def test_reproduce_script_on_the_shipped_stage_one_writes_the_judged_table(tmp_p
     # The stage-two run started from the shipped model and chose its best checkpoint by the judge's FID.
     best = read_checkpoint(out / "stage2" / "checkpoints" / "best-fid.ckpt")
     assert best["dat_config"]["init_ckpt"] == str(shipped)
-    assert best["dat_config"]["model"]["optimizer_stage2"]["lr"] == 2e-3  # the preset's, not the config's 1e-3
+    # the preset's stage two, not the config's (LR 1e-3, chain lengthened at an AUC of 0.8 up to 10 steps)
+    assert best["dat_config"]["model"]["optimizer_stage2"]["lr"] == 3e-3
+    curriculum = best["dat_config"]["callbacks"]["curriculum"]
+    assert (curriculum["max_steps"], curriculum["auc_threshold"]) == (20, 0.6)
     header = next((out / "stage2" / "csv").rglob("metrics.csv")).read_text().splitlines()[0]
     assert f"fid_{judge}" in header.split(",")
 

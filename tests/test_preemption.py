@@ -199,7 +199,7 @@ def test_a_worker_leaves_a_signal_to_the_training_process_unless_it_comes_from_i
     loader = DataLoader(TensorDataset(torch.arange(16.0)), batch_size=4, num_workers=2, persistent_workers=True,
                         worker_init_fn=ignore_preemption_signals)
     batches = iter(loader)
-    next(batches)  # the workers are up and initialised
+    next(batches), next(batches)  # one batch from each worker: both have run their worker_init_fn
     first, second = (w.pid for w in batches._workers)
     subprocess.run(["kill", f"-{signal.Signals(signum).name[3:]}", str(first), str(second)], check=True)
     time.sleep(1.0)

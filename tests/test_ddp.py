@@ -61,7 +61,7 @@ def _worker_main(out_dir: Path, mode: str) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from dat_lightning.callbacks.ema import evaluation_net
-    from dat_lightning.cli.app import close_process_group
+    from dat_lightning.cli.launcher import close_process_group
     from dat_lightning.cli.train import build
     from helpers import NO_FID, compose_config
 

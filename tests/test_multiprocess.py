@@ -103,7 +103,7 @@ def test_a_finished_launch_takes_its_process_group_down(tmp_path):
     after a successful run); the launcher closes the group once the task has returned."""
     import torch.distributed as dist
 
-    from dat_lightning.cli.app import close_process_group
+    from dat_lightning.cli.launcher import close_process_group
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     assert dist.is_initialized()

@@ -173,9 +173,9 @@ def test_a_signal_to_the_process_group_saves_despite_the_data_workers(signum, tm
 LEFT_BEHIND_LOADER = """
 import torch
 from torch.utils.data import DataLoader, TensorDataset
-from dat_lightning.data.faults import ignore_preemption_signals
+from dat_lightning.data.faults import leave_preemption_to_the_parent
 loader = DataLoader(TensorDataset(torch.arange(64.0)), batch_size=4, num_workers=2, persistent_workers=True,
-                    worker_init_fn=ignore_preemption_signals)
+                    worker_init_fn=leave_preemption_to_the_parent)
 batches = iter(loader)
 next(batches)  # never exhausted and still referenced at exit: its workers are never told to stop
 print("exiting", flush=True)
@@ -194,10 +194,10 @@ def alive(pid: int) -> bool:
 def test_a_worker_leaves_a_signal_to_the_training_process_unless_it_comes_from_it(signum):
     from torch.utils.data import DataLoader, TensorDataset
 
-    from dat_lightning.data.faults import ignore_preemption_signals
+    from dat_lightning.data.faults import leave_preemption_to_the_parent
 
     loader = DataLoader(TensorDataset(torch.arange(16.0)), batch_size=4, num_workers=2, persistent_workers=True,
-                        worker_init_fn=ignore_preemption_signals)
+                        worker_init_fn=leave_preemption_to_the_parent)
     batches = iter(loader)
     next(batches), next(batches)  # one batch from each worker: both have run their worker_init_fn
     first, second = (w.pid for w in batches._workers)

@@ -14,7 +14,7 @@ thread of its own and ends the process when the main thread cannot honour the si
 
 Ending means: one line on stderr naming the last checkpoint, the same signal forwarded to the
 other ranks this process started, and ``os._exit(128 + signal)``. Data-loader workers leave the
-signals to the training process (:func:`dat_lightning.data.faults.ignore_preemption_signals`).
+signals to the training process (:func:`dat_lightning.data.faults.leave_preemption_to_the_parent`).
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from dat_lightning.cli.app import in_run_directory, launch
 from dat_lightning.cli.instantiate import launch_sharded, make_loggers
+from dat_lightning.cli.launcher import in_run_directory, launch
 from dat_lightning.cli.settings_checks import EVALUATION_METRICS, check_evaluate_settings
 from dat_lightning.config import CONFIG_DIR, register_resolvers
 from dat_lightning.evaluation import Evaluation

@@ -11,7 +11,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from dat_lightning.cli.app import in_run_directory, launch
+from dat_lightning.cli.launcher import in_run_directory, launch
 from dat_lightning.cli.settings_checks import check_judge_settings
 from dat_lightning.config import CONFIG_DIR, register_resolvers
 from dat_lightning.metrics.fmnist_judge import default_weights_path, make_judge

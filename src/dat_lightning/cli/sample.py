@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 from torchvision.utils import save_image
 
 from dat_lightning.checkpoints.loading import LoadedRun, build_datamodule, load_run
-from dat_lightning.cli.app import in_run_directory, launch
 from dat_lightning.cli.instantiate import launch_sharded, make_loggers
+from dat_lightning.cli.launcher import in_run_directory, launch
 from dat_lightning.cli.settings_checks import check_sample_settings
 from dat_lightning.config import CONFIG_DIR, register_resolvers
 from dat_lightning.figures import plot_curve

@@ -17,9 +17,9 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from omegaconf import DictConfig, OmegaConf
 
 from dat_lightning.checkpoints import read_checkpoint
-from dat_lightning.cli.app import in_run_directory, launch
 from dat_lightning.cli.config_checks import check_model_fits_data
 from dat_lightning.cli.instantiate import instantiate_all, make_loggers
+from dat_lightning.cli.launcher import in_run_directory, launch
 from dat_lightning.cli.run_directory import check_resume, resolve_ckpt_path
 from dat_lightning.cli.settings_checks import check_train_settings
 from dat_lightning.config import CONFIG_DIR, register_resolvers

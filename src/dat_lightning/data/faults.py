@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 CORRUPT_IMAGE_POLICIES = ("fail", "skip")
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
-def ignore_preemption_signals(worker_id: int = 0) -> None:
+def leave_preemption_to_the_parent(worker_id: int = 0) -> None:
     """``worker_init_fn`` of every DataLoader: a preemption signal is the training process's.
 
     SIGTERM or SIGUSR1 sent to the whole process group (SLURM, ``timeout``, ``kill -- -PGID``) must

@@ -23,6 +23,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import functools
 import os
 import selectors
 import signal
@@ -173,9 +174,9 @@ def test_a_signal_to_the_process_group_saves_despite_the_data_workers(signum, tm
 LEFT_BEHIND_LOADER = """
 import torch
 from torch.utils.data import DataLoader, TensorDataset
-from dat_lightning.data.faults import leave_preemption_to_the_parent
+from dat_lightning.data.faults import worker_settings
 loader = DataLoader(TensorDataset(torch.arange(64.0)), batch_size=4, num_workers=2, persistent_workers=True,
-                    worker_init_fn=leave_preemption_to_the_parent)
+                    **worker_settings(2))
 batches = iter(loader)
 next(batches)  # never exhausted and still referenced at exit: its workers are never told to stop
 print("exiting", flush=True)
@@ -194,10 +195,10 @@ def alive(pid: int) -> bool:
 def test_a_worker_leaves_a_signal_to_the_training_process_unless_it_comes_from_it(signum):
     from torch.utils.data import DataLoader, TensorDataset
 
-    from dat_lightning.data.faults import leave_preemption_to_the_parent
+    from dat_lightning.data.faults import worker_settings
 
     loader = DataLoader(TensorDataset(torch.arange(16.0)), batch_size=4, num_workers=2, persistent_workers=True,
-                        worker_init_fn=leave_preemption_to_the_parent)
+                        **worker_settings(2))
     batches = iter(loader)
     next(batches), next(batches)  # one batch from each worker: both have run their worker_init_fn
     first, second = (w.pid for w in batches._workers)
@@ -210,6 +211,25 @@ def test_a_worker_leaves_a_signal_to_the_training_process_unless_it_comes_from_i
         time.sleep(0.05)
     assert not alive(first) and alive(second)
     del batches  # PyTorch shuts the rest down; an ignored terminate() cost 10 s per worker
+
+
+def _slow_start(init, worker_id: int) -> None:
+    time.sleep(1.5)  # a worker still starting (a loaded machine, a large dataset object to copy)
+    init(worker_id)
+
+
+def test_a_signal_to_a_worker_still_starting_waits_for_its_worker_init_fn():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from dat_lightning.data.faults import PREEMPTION_SIGNALS, worker_settings
+
+    settings = worker_settings(2)
+    settings["worker_init_fn"] = functools.partial(_slow_start, settings["worker_init_fn"])
+    loader = DataLoader(TensorDataset(torch.arange(16.0)), batch_size=4, num_workers=2, **settings)
+    batches = iter(loader)  # both workers forked, neither has run leave_preemption_to_the_parent yet
+    assert not set(PREEMPTION_SIGNALS) & signal.pthread_sigmask(signal.SIG_BLOCK, [])  # ours unblocked again
+    subprocess.run(["kill", "-TERM", *(str(w.pid) for w in batches._workers)], check=True)  # as a group signal
+    assert torch.cat([x for (x,) in batches]).tolist() == list(range(16))  # no worker died
 
 
 def test_a_process_exits_with_data_workers_left_running(tmp_path):

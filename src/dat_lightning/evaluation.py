@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from dat_lightning.checkpoints.loading import LoadedRun, build_datamodule, load_run
 from dat_lightning.data.datamodule import TransformedDataset
-from dat_lightning.data.faults import leave_preemption_to_the_parent
+from dat_lightning.data.faults import worker_settings
 from dat_lightning.data.generated import UniformNoise
 from dat_lightning.generation import (
     SamplingSettings,
@@ -113,7 +113,7 @@ class Evaluation:
             chunks = self.shards.chunks(len(test), bs)
             mine = [i for _, rows in chunks for i in rows]  # whole chunks in order: one batch each
             loader = DataLoader(Subset(test, mine), batch_size=bs, num_workers=int(self.cfg.num_workers),
-                                worker_init_fn=leave_preemption_to_the_parent)
+                                **worker_settings(int(self.cfg.num_workers)))
             logits, labels = [], []
             for (_, rows), (x, y) in zip(chunks, self.progress(loader, "test split"), strict=True):
                 logits.append((rows, self.logits_of(x)))

@@ -17,7 +17,7 @@ from dat_lightning.attacks import PGDSettings, pgd_attack
 from dat_lightning.batchnorm import eval_mode
 from dat_lightning.callbacks import FIDCallback, SampleGrid, StageOneCheckpoint
 from dat_lightning.checkpoints.loading import load_weights
-from dat_lightning.data.faults import leave_preemption_to_the_parent
+from dat_lightning.data.faults import worker_settings
 from dat_lightning.metrics.extractors import EXTRACTORS, build_extractor
 from dat_lightning.metrics.fid import NonFiniteFeatures
 from dat_lightning.metrics.inception import InceptionFeatures
@@ -46,7 +46,7 @@ def accuracy(net, dataset: Dataset, attack: PGDSettings, batch_size: int, shards
     device = next(net.parameters()).device
     mine = [i for _, rows in shards.chunks(len(dataset), batch_size) for i in rows]
     loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, num_workers=num_workers,
-                        worker_init_fn=leave_preemption_to_the_parent)
+                        **worker_settings(num_workers))
     counts = torch.zeros(2, dtype=torch.long)
     with eval_mode(net):
         for x, y in tqdm(loader, desc=desc, leave=False, disable=not shards.is_main):

@@ -29,7 +29,7 @@ from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
-from dat_lightning.data.faults import SkipCorrupt, check_policy, leave_preemption_to_the_parent
+from dat_lightning.data.faults import SkipCorrupt, check_policy, worker_settings
 from dat_lightning.data.order import (
     STREAM_IDS,
     WORKER_SEED_SLOT,
@@ -263,7 +263,7 @@ class DATDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
-            worker_init_fn=leave_preemption_to_the_parent,  # the training process saves, then stops them
+            **worker_settings(self.num_workers),  # the training process saves, then stops them
             # Seeds the workers' base seed (augmentation randomness) from the run seed rather than
             # from whatever the global torch RNG holds when the iterator is created.
             generator=torch.Generator().manual_seed(

@@ -27,6 +27,42 @@ log = logging.getLogger(__name__)
 CORRUPT_IMAGE_POLICIES = ("fail", "skip")
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
+def worker_settings(num_workers: int) -> dict[str, Any]:
+    """The DataLoader keyword arguments of every loader of ours with ``num_workers`` workers.
+
+    Each worker leaves preemption signals to the training process
+    (:func:`leave_preemption_to_the_parent`). With the ``fork`` start method (Linux before Python
+    3.14) the workers are also started with those signals blocked, so a group signal that arrives
+    while a worker is still starting, before its ``worker_init_fn`` runs, waits for that function
+    instead of killing the worker (the training process then stopped with "DataLoader worker
+    exited unexpectedly" instead of saving).
+    """
+    if num_workers <= 0:
+        return {}
+    settings: dict[str, Any] = {"worker_init_fn": leave_preemption_to_the_parent}
+    if multiprocessing.get_start_method() == "fork":
+        settings["multiprocessing_context"] = _STARTED_WITH_PREEMPTION_BLOCKED
+    return settings
+
+
+class _ForkWithPreemptionBlocked(multiprocessing.context.ForkProcess):
+    def start(self) -> None:
+        # A forked child inherits the signal mask of the thread that forks; only that thread's
+        # mask changes here, and a signal for the training process meanwhile waits until the end.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, PREEMPTION_SIGNALS)
+        try:
+            super().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class _ForkContextWithPreemptionBlocked(multiprocessing.context.ForkContext):
+    Process = _ForkWithPreemptionBlocked
+
+
+_STARTED_WITH_PREEMPTION_BLOCKED = _ForkContextWithPreemptionBlocked()
+
+
 def leave_preemption_to_the_parent(worker_id: int = 0) -> None:
     """``worker_init_fn`` of every DataLoader: a preemption signal is the training process's.
 

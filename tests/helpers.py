@@ -208,7 +208,7 @@ def cli_env(**extra: str) -> dict[str, str]:
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra})  # extra may set the threads
     return env
 
 

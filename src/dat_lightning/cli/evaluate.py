@@ -8,6 +8,7 @@ the run directory, then logs the same numbers to the configured loggers. Config:
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -81,4 +82,4 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The CLI: overrides, values and the checkpoint file checked first, then the evaluation."""
-    launch("evaluate", hydra_main, validate=check_evaluate_settings, checkpoints=("ckpt",))
+    launch(sys.argv[1:], "evaluate", hydra_main, validate=check_evaluate_settings, checkpoints=("ckpt",))

@@ -6,6 +6,7 @@ with ``fid.extractor=fmnist_cnn``. Config: ``conf/judge.yaml``.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -33,4 +34,4 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The CLI: overrides and values checked first, then the training."""
-    launch("judge", hydra_main, validate=check_judge_settings)
+    launch(sys.argv[1:], "judge", hydra_main, validate=check_judge_settings)

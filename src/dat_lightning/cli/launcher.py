@@ -9,7 +9,6 @@ one launch (:mod:`.run_directory`), and every error becomes one message (:mod:`.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,13 @@ from dat_lightning.cli.errors import clear_errors
 Validate = Callable[[DictConfig], None]
 
 
-def launch(config_name: str, hydra_main: Callable[[], Any], validate: Validate | None = None,
+def launch(argv: list[str], config_name: str, hydra_main: Callable[[], Any], validate: Validate | None = None,
            checkpoints: tuple[str, ...] = ()) -> None:
-    """Check the command line's overrides and values against ``config_name``, and that the
+    """Check the command line's arguments ``argv`` (without the program) against ``config_name``, and that the
     checkpoint files named by the keys ``checkpoints`` can be read, then run ``hydra_main`` (a
     ``@hydra.main`` function). Flags Hydra handles itself (``-m``, ``--cfg`` ...) skip the early
     checks; the task still validates inside the run."""
-    overrides = cli_overrides(sys.argv[1:])
+    overrides = cli_overrides(argv)
     if overrides is not None:
         with clear_errors():
             cfg = check_overrides(overrides, config_name)

@@ -9,6 +9,7 @@ for every T. Config: ``conf/sample.yaml``.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -162,4 +163,4 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The CLI: overrides, values and the checkpoint file checked first, then the sampling."""
-    launch("sample", hydra_main, validate=check_sample_settings, checkpoints=("ckpt",))
+    launch(sys.argv[1:], "sample", hydra_main, validate=check_sample_settings, checkpoints=("ckpt",))

@@ -9,6 +9,7 @@ Config: ``conf/train.yaml``.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The CLI: overrides and values checked first, then the run in its own directory."""
-    launch("train", hydra_main, validate=check_train_settings, checkpoints=("ckpt_path", "init_ckpt"))
+    launch(sys.argv[1:], "train", hydra_main, validate=check_train_settings, checkpoints=("ckpt_path", "init_ckpt"))
 
 
 if __name__ == "__main__":

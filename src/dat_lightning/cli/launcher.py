@@ -24,11 +24,11 @@ from dat_lightning.cli.errors import clear_errors
 Validate = Callable[[DictConfig], None]
 
 
-def launch(argv: list[str], config_name: str, hydra_main: Callable[[], Any], validate: Validate | None = None,
+def launch(argv: list[str], config_name: str, run_task: Callable[[], Any], validate: Validate | None = None,
            checkpoints: tuple[str, ...] = ()) -> None:
     """Check the command line's arguments ``argv`` (without the program) against ``config_name``, and that the
-    checkpoint files named by the keys ``checkpoints`` can be read, then run ``hydra_main`` (a
-    ``@hydra.main`` function). Flags Hydra handles itself (``-m``, ``--cfg`` ...) skip the early
+    checkpoint files named by the keys ``checkpoints`` can be read, then call ``run_task`` (the entry
+    point's function that Hydra wraps). Flags Hydra handles itself (``-m``, ``--cfg`` ...) skip the early
     checks; the task still validates inside the run."""
     overrides = cli_overrides(argv)
     if overrides is not None:
@@ -43,7 +43,7 @@ def launch(argv: list[str], config_name: str, hydra_main: Callable[[], Any], val
                         read_checkpoint(path, mmap=True)  # maps the tensors: cheap for any size
                     except CheckpointError as err:
                         raise CheckpointError(f"{key}: {err}") from None
-    hydra_main()
+    run_task()
 
 
 def in_run_directory(cfg: DictConfig, task: Callable[[DictConfig], Any]) -> Any:

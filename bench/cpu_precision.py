@@ -1,5 +1,5 @@
 """CPU precision and memory-format benchmark of the default's inner-loop pass (issue 18, point 3):
-``python -m bench.cpu_precision [--batch 128] [--reps 15] [--threads 1 2]``.
+``python -m bench.cpu_precision [--batch 128] [--reps 15] [--threads 1 2] [--net wrn10_1] [--compile]``.
 
 The pass is what every attack and chain step makes: one forward and one input-gradient backward of
 the CPU default's WRN-10-1 (Fashion-MNIST, 28 px) on B images, in eval mode. Variants: float32,
@@ -23,17 +23,20 @@ import torch.nn.functional as F
 from dat_lightning.models import build_classifier
 
 VARIANTS = ("fp32", "channels_last", "bf16", "bf16+channels_last")
+COMPILED = "bf16+channels_last+compile"
 
 
-def make_pass(variant: str, batch: int) -> tuple[Callable[[], torch.Tensor], torch.Tensor]:
+def make_pass(variant: str, batch: int, net_name: str = "wrn10_1") -> tuple[Callable[[], torch.Tensor], torch.Tensor]:
     """The pass of ``variant`` (returns the input gradient) and its inputs; same weights and data."""
     torch.manual_seed(0)
-    net = build_classifier(name="wrn10_1", num_classes=10, in_chans=1, mean=[0.2860], std=[0.3530]).eval()
+    net = build_classifier(name=net_name, num_classes=10, in_chans=1, mean=[0.2860], std=[0.3530]).eval()
     x = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     y = torch.arange(batch) % 10
     if "channels_last" in variant:
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+    if variant.endswith("+compile"):
+        net = torch.compile(net)
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if "bf16" in variant else contextlib.nullcontext
 
     def one_pass() -> torch.Tensor:
@@ -46,11 +49,12 @@ def make_pass(variant: str, batch: int) -> tuple[Callable[[], torch.Tensor], tor
     return one_pass, x
 
 
-def measure(threads: int, batch: int, reps: int) -> list[dict[str, float | str | int]]:
+def measure(threads: int, batch: int, reps: int, net_name: str = "wrn10_1",
+            compiled: bool = False) -> list[dict[str, float | str | int]]:
     torch.set_num_threads(threads)
-    passes = {v: make_pass(v, batch)[0] for v in VARIANTS}
+    passes = {v: make_pass(v, batch, net_name)[0] for v in VARIANTS + ((COMPILED,) if compiled else ())}
     reference = passes["fp32"]().flatten(1)
-    rows = {v: {"variant": v, "threads": threads, "best_s": float("inf")} for v in VARIANTS}
+    rows = {v: {"variant": v, "threads": threads, "best_s": float("inf")} for v in passes}
     for v, fn in passes.items():  # warm-up, and the gradient against float32's
         grad = fn().float().flatten(1)
         rows[v]["cosine"] = float(F.cosine_similarity(grad, reference, dim=1).mean())
@@ -71,14 +75,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--net", default="wrn10_1", help="the network (a name build_classifier knows)")
+    parser.add_argument("--compile", action="store_true", help=f"also time {COMPILED}")
     args = parser.parse_args()
     started = time.perf_counter()
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"WRN-10-1 28px, batch {args.batch}, best of {args.reps} interleaved rounds\n")
+          f"{args.net} 28px, batch {args.batch}, best of {args.reps} interleaved rounds\n")
     print("| threads | variant | pass (ms) | speed-up vs fp32 | grad cosine vs fp32 | grad sign agreement |")
     print("|---:|---|---:|---:|---:|---:|")
     for threads in args.threads:
-        for r in measure(threads, args.batch, args.reps):
+        for r in measure(threads, args.batch, args.reps, args.net, args.compile):
             print(f"| {r['threads']} | {r['variant']} | {1000 * r['best_s']:.1f} | x{r['speed-up']:.2f} | "
                   f"{r['cosine']:.4f} | {100 * r['sign_agreement']:.1f}% |")
     print(f"\ntotal {time.perf_counter() - started:.0f} s")

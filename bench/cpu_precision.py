@@ -2,8 +2,10 @@
 ``python -m bench.cpu_precision [--batch 128] [--reps 15] [--threads 1 2] [--net wrn10_1] [--compile]``.
 
 The pass is what every attack and chain step makes: one forward and one input-gradient backward of
-the CPU default's WRN-10-1 (Fashion-MNIST, 28 px) on B images, in eval mode. Variants: float32,
-channels-last memory format, bfloat16 autocast, and both; for each torch thread count. All variants
+the CPU default's WRN-10-1 (``--net``: another network) on B Fashion-MNIST-sized images (28 px),
+in eval mode. Variants: float32, channels-last memory format, bfloat16 autocast, and both; with
+``--compile`` also both under ``torch.compile`` (what ``model.compile=true`` does; compilation is
+left out of the timing); for each torch thread count. All variants
 of a thread count are timed round-robin (one pass each per round, ``--reps`` rounds) and the
 minimum is kept, so a load change on a shared machine hits them alike; speed is reported as the
 ratio to float32 in the same run. Next to the speed, how far each variant's input gradient is from

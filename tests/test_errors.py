@@ -182,7 +182,13 @@ def one_epoch(dm: DATDataModule) -> list[dict]:
     """The batches of one epoch, as the trainer draws them (iterating the CombinedLoader past its
     length would restart the exhausted streams, as ``max_size_cycle`` does)."""
     loader = iter(dm.train_dataloader())  # CombinedLoader: iter() returns itself, restarted
-    return [next(loader)[0] for _ in range(len(loader))]
+    try:
+        return [next(loader)[0] for _ in range(len(loader))]
+    finally:
+        # Stop the persistent workers now, as Lightning's fit loop does at its end. A persistent
+        # loader and its iterator form a cycle, and when the garbage collector ends one, PyTorch
+        # waits 5 s for each worker (30 s for these 6, paid by whichever later test collected them).
+        loader.reset()
 
 
 @pytest.fixture

@@ -36,7 +36,8 @@ def samples(n: int = 30) -> list[tuple[range, torch.Tensor]]:
 def test_summary_judge_scores_equal_a_plain_computation(judge_weights, tmp_path):
     from dat_lightning.cli.train import build
 
-    cfg = compose_config(tmp_path, [*TINY_FMNIST, "summary.fid_samples=30", f"summary.judge_weights={judge_weights}"])
+    cfg = compose_config(tmp_path, [*TINY_FMNIST, "summary.fid_samples=30", "summary.inception_samples=0",
+                                    f"summary.judge_weights={judge_weights}"])
     datamodule, _, _ = build(cfg)
     datamodule.setup("fit")
     fid = SimpleNamespace(last_samples=samples(), num_real=100, batch_size=50, cache_dir=None, extractor=None)
@@ -60,18 +61,18 @@ def test_the_summary_inception_fid_is_the_plain_fid_of_the_first_samples(tmp_pat
     from dat_lightning.metrics.quality import fid_from_features
 
     cfg = compose_config(tmp_path, [*TINY_FMNIST, "summary.fid_samples=30", "summary.judge=null",
-                                    "summary.inception_samples=20", "summary.inception_real=24"])
+                                    "summary.inception_samples=20", "summary.inception_real=8"])
     datamodule, _, _ = build(cfg)
     datamodule.setup("fit")
     fid = SimpleNamespace(last_samples=samples(), num_real=100, batch_size=50, cache_dir=None, extractor=None)
     out = judged_samples(cfg, fid, datamodule, 10, Shards(), torch.device("cpu"))
     inception = build_extractor("inception")
-    real = torch.stack([image for image, _ in datamodule.real_eval_dataset(24)])
+    real = torch.stack([image for image, _ in datamodule.real_eval_dataset(8)])
     fake = torch.cat([images for _, images in samples()])[:20]  # across both parts
     with torch.no_grad():
         expected = fid_from_features(inception(real), inception(fake))
     assert out["fid_inception_v3"] == pytest.approx(expected, rel=1e-4)
-    assert out["inception_fid_of"] == "first 20 samples vs 24 train images"
+    assert out["inception_fid_of"] == "first 20 samples vs 8 train images"
     assert "agreement_inception_v3" not in out  # Inception's head does not classify Fashion-MNIST
 
 
@@ -178,7 +179,8 @@ def test_the_summary_makes_its_scorers_once_for_every_model_it_scores(judge_weig
     calls = []
     real_feature_set = summary.real_feature_set
     monkeypatch.setattr(summary, "real_feature_set", lambda *a, **k: calls.append(a[1]) or real_feature_set(*a, **k))
-    cfg = compose_config(tmp_path, [*TINY_FMNIST, "summary.fid_samples=30", f"summary.judge_weights={judge_weights}"])
+    cfg = compose_config(tmp_path, [*TINY_FMNIST, "summary.fid_samples=30", "summary.inception_real=6",
+                                    f"summary.judge_weights={judge_weights}"])
     datamodule, _, _ = build(cfg)
     datamodule.setup("fit")
     fid = SimpleNamespace(last_samples=samples(), num_real=100, batch_size=50, cache_dir=None, extractor=None)

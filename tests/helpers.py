@@ -238,6 +238,37 @@ def run_cli(args: Sequence[str], cwd: Path, env: dict[str, str] | None = None, t
                           capture_output=True, text=True, timeout=timeout)
 
 
+def run_checks_in_process(args: Sequence[str], cwd: Path, monkeypatch, capsys, module: str = "dat_lightning.train"):
+    """``python -m <module> *args`` as far as its checks go, in this process: the entry point's
+    ``main()`` runs with its Hydra task replaced by one that fails the test, so a command line the
+    checks let through is reported, not run. For the mistakes :func:`~dat_lightning.cli.launcher.launch`
+    catches before any work starts; a subprocess (:func:`run_cli`) costs ~6 s of imports. Returns
+    a CompletedProcess (exit code; stdout and stderr as captured here, a traceback's text if
+    anything other than SystemExit escapes)."""
+    import importlib
+    import subprocess
+    import sys
+
+    entry = importlib.import_module(module.replace("dat_lightning.", "dat_lightning.cli."))
+
+    def task_reached() -> None:
+        raise AssertionError(f"{list(args)}: the checks let it through to the run")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(entry, "hydra_main", task_reached)
+        patch.setattr(sys, "argv", [module, *args])
+        patch.chdir(cwd)
+        code, escaped = 0, ""
+        try:
+            entry.main()
+        except SystemExit as stop:
+            code = stop.code
+        except Exception as err:  # noqa: BLE001 - what escapes main() is a traceback for a user
+            code, escaped = -1, f"\nTraceback: {type(err).__name__}: {err}"
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess([module, *args], code, out, err + escaped)
+
+
 # -- small pieces of a training step ---------------------------------------------------------------
 
 

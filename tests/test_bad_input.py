@@ -6,24 +6,21 @@ nothing: no run directory appears, no input file changes. Bad values are caught 
 checkpoint is read; unreadable checkpoints (text, empty, a pickle that would run code, a missing
 file) before Hydra creates anything.
 
-The first case of each CLI runs as a real ``python -m`` subprocess; the others call the same entry
-point's ``main()`` in this process (the subprocesses cost ~6 s each, mostly imports), with the
-entry point's Hydra task replaced by one that fails the test: the checks must stop every case
-before any work starts.
+The first case of each CLI runs as a real ``python -m`` subprocess; the others run the same entry
+point's checks in this process (``helpers.run_checks_in_process``; a subprocess costs ~6 s of
+imports): the checks must stop every case before any work starts.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import run_cli
+from helpers import run_checks_in_process, run_cli
 
 
 class _System:
@@ -91,29 +88,6 @@ def _snapshot(files: dict[str, Path]) -> dict[str, tuple[int, int]]:
     return {k: (p.stat().st_size, p.stat().st_mtime_ns) for k, p in files.items()}
 
 
-def _in_process(module: str, args: list[str], cwd: Path, monkeypatch, capsys) -> tuple[object, str, str]:
-    """``python -m module *args`` as its entry point's ``main()`` here: (exit code, stdout, stderr)."""
-    entry = importlib.import_module(module.replace("dat_lightning.", "dat_lightning.cli."))
-
-    def task_reached() -> None:
-        raise AssertionError(f"{args}: the checks let it through to the run")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(entry, "hydra_main", task_reached)
-        patch.setattr(sys, "argv", [module, *args])
-        patch.chdir(cwd)
-        try:
-            entry.main()
-            code: object = 0
-        except SystemExit as stop:
-            code = stop.code
-        except Exception as err:  # noqa: BLE001 - what escapes main() is a traceback for a user
-            code, _ = "raised", capsys.readouterr()
-            return code, "", f"Traceback: {type(err).__name__}: {err}"
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.parametrize("module", ["dat_lightning.train", "dat_lightning.sample", "dat_lightning.evaluate"])
 def test_bad_input_fails_cleanly_and_writes_nothing(module, inputs, tmp_path, monkeypatch, capsys):
     cases = _cases(inputs)[module]
@@ -122,11 +96,9 @@ def test_bad_input_fails_cleanly_and_writes_nothing(module, inputs, tmp_path, mo
     for i, (args, fragments) in enumerate(cases):
         workdir = tmp_path / f"case{i}"
         workdir.mkdir()
-        if i == 0:
-            done = run_cli(args, cwd=workdir, module=module, timeout=120)
-            code, stdout, stderr = done.returncode, done.stdout, done.stderr
-        else:
-            code, stdout, stderr = _in_process(module, args, workdir, monkeypatch, capsys)
+        done = (run_cli(args, cwd=workdir, module=module, timeout=120) if i == 0
+                else run_checks_in_process(args, workdir, monkeypatch, capsys, module=module))
+        code, stdout, stderr = done.returncode, done.stdout, done.stderr
         errors = [line for line in stderr.splitlines() if line.startswith("error:")]
         problems = [
             f"exit code {code}" if code != 1 else None,

@@ -35,7 +35,7 @@ from dat_lightning.data.datasets import CorruptImageError
 from dat_lightning.data.generated import UniformNoise
 from dat_lightning.data.transforms import to_tensor
 from dat_lightning.divergence import DivergenceError
-from helpers import NO_FID, cli_env, compose_config, run_cli
+from helpers import NO_FID, cli_env, compose_config, run_checks_in_process, run_cli
 
 # A run that fails fast when the error is not caught before training (no FID, tiny data).
 QUICK = [*NO_FID, "callbacks.sample_grid=null", "data.num_workers=0", "data.batch_size=16",
@@ -55,13 +55,13 @@ def assert_clean_failure(result, *fragments: str) -> str:
 # -- the command line ------------------------------------------------------------------------
 
 
-def test_unknown_experiment_lists_the_valid_ones(tmp_path):
-    result = run_cli(["+experiment=cifar10_wrm34"], tmp_path)
+def test_unknown_experiment_lists_the_valid_ones(tmp_path, monkeypatch, capsys):
+    result = run_checks_in_process(["+experiment=cifar10_wrm34"], tmp_path, monkeypatch, capsys)
     assert_clean_failure(result, "experiment/cifar10_wrm34", "cifar10_wrn34", "fmnist_dat")
 
 
-def test_unknown_config_key_lists_the_valid_keys(tmp_path):
-    result = run_cli(["model.clf_atack.eps=0.5"], tmp_path)
+def test_unknown_config_key_lists_the_valid_keys(tmp_path, monkeypatch, capsys):
+    result = run_checks_in_process(["model.clf_atack.eps=0.5"], tmp_path, monkeypatch, capsys)
     assert_clean_failure(result, "unknown config key 'model.clf_atack.eps'", "Did you mean: clf_attack",
                          "Valid keys of 'model':", "gen_attack", "+model.clf_atack.eps")
 
@@ -87,8 +87,8 @@ def test_images_that_do_not_fit_the_model(tmp_path):
     assert_clean_failure(result, "(1, 28, 28)", "image_size=32", "data.image_size")
 
 
-def test_non_positive_eps_is_refused(tmp_path):
-    result = run_cli(["model.clf_attack.eps=0", *QUICK], tmp_path)
+def test_non_positive_eps_is_refused(tmp_path, monkeypatch, capsys):
+    result = run_checks_in_process(["model.clf_attack.eps=0", *QUICK], tmp_path, monkeypatch, capsys)
     assert_clean_failure(result, "model.clf_attack.eps=0", "set model.clf_attack.eps to a number > 0")
 
 

@@ -185,9 +185,10 @@ def one_epoch(dm: DATDataModule) -> list[dict]:
     try:
         return [next(loader)[0] for _ in range(len(loader))]
     finally:
-        # Stop the persistent workers now, as Lightning's fit loop does at its end. A persistent
-        # loader and its iterator form a cycle, and when the garbage collector ends one, PyTorch
-        # waits 5 s for each worker (30 s for these 6, paid by whichever later test collected them).
+        # Stop the persistent workers now, as Lightning's fit loop does at its end. After a worker's
+        # error the traceback keeps the iterators in a reference cycle, and when the garbage
+        # collector ends it PyTorch's shutdown waits 5 s for each worker (30 s for these 6, paid by
+        # whichever later test triggered the collection).
         loader.reset()
 
 

@@ -96,19 +96,18 @@ def test_bad_input_fails_cleanly_and_writes_nothing(module, inputs, tmp_path, mo
     for i, (args, fragments) in enumerate(cases):
         workdir = tmp_path / f"case{i}"
         workdir.mkdir()
-        done = (run_cli(args, cwd=workdir, module=module, timeout=120) if i == 0
-                else run_checks_in_process(args, workdir, monkeypatch, capsys, module=module))
-        code, stdout, stderr = done.returncode, done.stdout, done.stderr
-        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        result = (run_cli(args, cwd=workdir, module=module, timeout=120) if i == 0
+                  else run_checks_in_process(args, workdir, monkeypatch, capsys, module=module))
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         problems = [
-            f"exit code {code}" if code != 1 else None,
-            "a traceback" if "Traceback" in stderr + stdout else None,
+            f"exit code {result.returncode}" if result.returncode != 1 else None,
+            "a traceback" if "Traceback" in result.stderr + result.stdout else None,
             f"{len(errors)} error lines" if len(errors) != 1 else None,
             *(f"no {f!r}" for f in fragments if not errors or f not in errors[0]),
             f"wrote {[p.name for p in workdir.iterdir()]}" if any(workdir.iterdir()) else None,
         ]
         problems = [p for p in problems if p]
         if problems:
-            failures.append(f"{args}: {', '.join(problems)}\n  stderr: {stderr[-1500:]}")
+            failures.append(f"{args}: {', '.join(problems)}\n  stderr: {result.stderr[-1500:]}")
     assert not failures, "\n".join(failures)
     assert _snapshot(inputs) == before and not (inputs["good"].parent / "PWNED").exists()

@@ -212,6 +212,12 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def fault_cli_env() -> dict[str, str]:
+    """:func:`cli_env` for a CLI whose command line names a callback of ``tests/fault_callbacks.py``
+    (``+callbacks.hang={_target_: fault_callbacks.WaitForever}``): the tests folder is importable."""
+    return cli_env(PYTHONPATH=str(Path(__file__).resolve().parent))
+
+
 def session_cache(tmp_path: Path) -> Path:
     """A ``DAT_CACHE`` shared by the tests of one session (beside their ``tmp_path``): the default
     starts in stage two, whose first FID computes the real images' statistics (5000 images, over a

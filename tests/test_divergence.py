@@ -158,14 +158,12 @@ def test_nan_samples_skip_the_fid_and_the_run_ends_without_a_crash(tmp_path):
     """One bad step (fewer than max_bad_steps) right before the epoch-end FID: the FID's samples are
     NaN. The eigenvalue routine inside FID used to crash the interpreter on them (exit 139, no
     message); now the measurement is skipped with a warning and the run ends normally."""
-    from pathlib import Path
-
-    from helpers import TINY_FMNIST, cli_env, run_cli
+    from helpers import TINY_FMNIST, fault_cli_env, run_cli
 
     args = [*TINY_FMNIST, "stage1_epochs=1", "stage2_epochs=1", "summary.enabled=true", "summary.test_size=16",
             "summary.fid_samples=20", "+callbacks.nan={_target_: fault_callbacks.NaNLogitsFromTheLastStep}",
             f"paths.cache_dir={tmp_path}/cache"]
-    result = run_cli(args, cwd=tmp_path, env=cli_env(PYTHONPATH=str(Path(__file__).resolve().parent)))
+    result = run_cli(args, cwd=tmp_path, env=fault_cli_env())
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "NaN from now on" in output and "Skipped a training step" in output

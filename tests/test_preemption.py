@@ -38,7 +38,7 @@ import torch
 from dat_lightning.checkpoints import CheckpointError, read_checkpoint
 from dat_lightning.cli.run_directory import resolve_ckpt_path
 from dat_lightning.config import MAX_RUN_DIR_NAME, run_dir_name
-from helpers import NO_FID, TINY_FMNIST, cli_env, run_cli
+from helpers import NO_FID, TINY_FMNIST, cli_env, fault_cli_env, run_cli
 
 STEPS_PER_EPOCH = 4
 COMMAND = [
@@ -55,7 +55,7 @@ HANG = ["+callbacks.hang={_target_: fault_callbacks.WaitForever}"]  # stuck at t
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
     """The training CLI in a process group of its own (so that the group can be signalled)."""
-    env = cli_env(PYTHONPATH=str(Path(__file__).resolve().parent))
+    env = fault_cli_env()
     return subprocess.Popen([sys.executable, "-m", "dat_lightning.train", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

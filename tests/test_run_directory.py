@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 import pytest
 
@@ -25,7 +24,7 @@ from dat_lightning.checkpoints import CheckpointError
 from dat_lightning.cli import run_directory
 from dat_lightning.cli.config_checks import ConfigError
 from dat_lightning.cli.train import run
-from helpers import NO_FID, cli_env, compose_config, run_cli
+from helpers import NO_FID, compose_config, fault_cli_env, run_cli
 from test_preemption import COMMAND, HANG, READY, finish, start, wait_for_line
 
 
@@ -38,7 +37,7 @@ def test_a_second_launch_of_a_running_command_is_refused(tmp_path):
         wait_for_line(first, READY, timeout=240)
         (run_dir,) = (tmp_path / "outputs" / "train").iterdir()
         record = {p: p.stat().st_mtime_ns for p in (run_dir / ".hydra").iterdir()}
-        second = run_cli(args, cwd=tmp_path, env=cli_env(PYTHONPATH=str(Path(__file__).resolve().parent)))
+        second = run_cli(args, cwd=tmp_path, env=fault_cli_env())
         assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr[-3000:]
         assert f"is in use by another launch (pid {first.pid} on" in second.stderr
         assert "run_name=NAME" in second.stderr

@@ -114,9 +114,20 @@ def test_network_arguments_that_would_read_or_fetch_weights_are_refused(clean_ck
                        ({"pretrained_cfg_overlay": {"file": str(evil)}}, "model.net.pretrained_cfg_overlay"),
                        ({"pretrained": True}, "model.net.pretrained"),
                        ({"num_classes": "10"}, "model.net.num_classes"),
-                       ({"name": "no_such_model"}, "model.net.name")):
+                       ({"name": "no_such_model"}, "model.net.name"),
+                       ({"act_layer": "builtins.open"}, "model.net.act_layer"),
+                       ({"act_layer": ""}, "model.net.act_layer"),
+                       ({"act_layer": attack_node("builtins.open", marker)}, "model.net.act_layer")):
         path = poisoned(clean_ckpt, tmp_path / "evil.ckpt", model__net=net | extra)
         _refused(lambda p=path: dat_lightning.load_classifier(p), marker, key)
+
+
+def test_a_stored_activation_name_builds_that_activation(clean_ckpt, tmp_path):
+    """A run trained with ``+model.net.act_layer=silu`` can be loaded again: timm's name, not a path."""
+    net = read_checkpoint(clean_ckpt)["dat_config"]["model"]["net"]
+    path = poisoned(clean_ckpt, tmp_path / "silu.ckpt", model__net=net | {"act_layer": "silu"})
+    activations = {type(m) for m in dat_lightning.load_classifier(path).modules()}
+    assert torch.nn.SiLU in activations and torch.nn.ReLU not in activations
 
 
 def cli_refuses(cli, config_name: str, settings: list[str], place: str, attack: str, clean_ckpt: Path,

@@ -46,6 +46,8 @@ _NETWORK_ARGS: dict[str, tuple[type, ...]] = {
     "drop_rate": (int, float),
     "drop_path_rate": (int, float),
     "channels_last": (bool,),
+    # a name in timm's activation table (silu, gelu, elu ...), never a dotted path: see build_network
+    "act_layer": (str,),
 }
 
 
@@ -173,4 +175,12 @@ def build_network(node: Any, source: str, stored: bool = True):
         raise _refused("model.net.pretrained", True, source, "a checkpoint carries its own weights")
     if not timm.is_model(spec.get("name", "")):
         raise _refused("model.net.name", spec.get("name"), source, "timm knows no model of that name")
+    if "act_layer" in spec:
+        # timm resolves a string through its own table of activation classes and imports nothing
+        try:
+            known = timm.layers.get_act_layer(spec["act_layer"]) is not None
+        except KeyError:
+            known = False
+        if not known:
+            raise _refused("model.net.act_layer", spec["act_layer"], source, "timm knows no activation of that name")
     return build_classifier(**spec)

@@ -6,8 +6,9 @@ Guarantees:
   untouched. The lock dies with its process, however it ends (``kill -9`` included).
 - Resuming compares the config recorded in the checkpoint with the new one and refuses any
   difference outside the keys meant to change on resume, listing the keys with both values and
-  how to force it; ``force_resume=true`` resumes anyway. Paths under the old run directory
-  compare equal to the same paths under the new one.
+  how to force it; ``force_resume=true`` resumes anyway. Paths under the old run directory (or
+  the old cache, another ``DAT_CACHE``) compare equal to the same paths under the new one; a
+  path that did not change compares equal even when it lies under a moved directory.
 - A wrong-architecture ``ckpt_path`` (forced past the config check) is reported by its keys.
 - Temporary files of a killed checkpoint write are removed when the next launch claims the
   directory.
@@ -98,6 +99,20 @@ def test_config_differences_ignore_resumable_keys_and_moved_paths():
     assert run_directory.config_differences(old, new) == {}
     new["lr"], new["extra"] = 0.2, 1
     assert run_directory.config_differences(old, new) == {"extra": (None, 1), "lr": (0.1, 0.2)}
+
+
+def test_config_differences_follow_a_moved_cache_but_not_a_changed_setting_under_it():
+    # DAT_CACHE (paths.cache_dir) differs on another machine; the FID callback's cache follows it
+    old = {"paths": {"output_dir": "/a/run", "cache_dir": "/a/run/cache"}, "fid": {"cache_dir": "/a/run/cache/fid"},
+           "ckpt": "/a/run/last.ckpt", "judge": "/a/run/cache/judge.pt"}
+    # a file given by name (the judge's weights) stays where it was: unchanged, not moved
+    new = {"paths": {"output_dir": "/b/run", "cache_dir": "/home/u/.cache"}, "fid": {"cache_dir": "/home/u/.cache/fid"},
+           "ckpt": "/b/run/last.ckpt", "judge": "/a/run/cache/judge.pt"}
+    assert run_directory.config_differences(old, new) == {}
+    new["fid"]["cache_dir"] = "/elsewhere/fid"  # set on its own: a real difference
+    assert run_directory.config_differences(old, new) == {"fid.cache_dir": ("/a/run/cache/fid", "/elsewhere/fid")}
+    old["fid"]["cache_dir"], new["fid"]["cache_dir"] = "/a/runner/fid", "/b/runner/fid"  # a sibling, not under /a/run
+    assert run_directory.config_differences(old, new) == {"fid.cache_dir": ("/a/runner/fid", "/b/runner/fid")}
 
 
 def test_claiming_a_directory_removes_interrupted_checkpoint_writes(tmp_path):

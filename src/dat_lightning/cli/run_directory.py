@@ -162,23 +162,33 @@ def _resumable(key: str) -> bool:
 def config_differences(recorded: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """``{key: (recorded, new)}`` for every setting outside :data:`RESUMABLE_KEYS` that differs.
 
-    Paths under the recorded run directory are compared as if they were under the new one, so a
-    checkpoint resumed in another directory differs only where it really does.
+    Paths under a recorded ``paths.*`` directory (the run directory, the cache) are compared as if
+    they were under the new one, so a checkpoint resumed in another directory, or with another
+    ``DAT_CACHE``, differs only where it really does.
     """
-    old_dir = str(_flatten(recorded).get("paths.output_dir", "")) or None
-    new_dir = str(_flatten(new).get("paths.output_dir", "")) or None
+    old_flat, new_flat = _flatten(recorded), _flatten(new)
+    # the longest recorded directory first: the cache may lie inside the run directory
+    moves = sorted(((str(old_flat[key]).rstrip("/"), str(new_flat[key]).rstrip("/")) for key in old_flat
+                    if key.startswith("paths.") and str(old_flat[key]).rstrip("/") and new_flat.get(key)),
+                   key=lambda pair: len(pair[0]), reverse=True)
 
     def moved(value: Any) -> Any:
-        if old_dir and new_dir and isinstance(value, str):
-            return value.replace(old_dir, new_dir)
+        if isinstance(value, str):
+            for old_dir, new_dir in moves:
+                if value == old_dir or value.startswith(old_dir + "/"):
+                    return new_dir + value[len(old_dir):]
         return value
 
-    old_flat, new_flat = _flatten(recorded), _flatten(new)
     missing = object()
+
+    def same(key: str) -> bool:  # unchanged as written (a file given by name), or moved with its directory
+        old_value, new_value = old_flat.get(key, missing), new_flat.get(key, missing)
+        return old_value == new_value or moved(old_value) == new_value
+
     return {
         key: (old_flat.get(key), new_flat.get(key))
         for key in sorted(set(old_flat) | set(new_flat))
-        if not _resumable(key) and moved(old_flat.get(key, missing)) != new_flat.get(key, missing)
+        if not _resumable(key) and not same(key)
     }
 
 

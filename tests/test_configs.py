@@ -253,8 +253,8 @@ def test_big_experiment_takes_one_training_step(name, size, tmp_path):
     assert module.net.num_classes == cfg.data.num_classes
 
 
-METHOD_STEP = [  # one step of a one-stage method: stage one from the initial weights
-    *CPU, "++trainer.strategy=auto", "stage2_epochs=0", "++trainer.max_steps=1", "trainer.limit_val_batches=0",
+METHOD_STEP = [  # two steps of a one-stage method: stage one from the initial weights
+    *CPU, "++trainer.strategy=auto", "stage2_epochs=0", "++trainer.max_steps=2", "trainer.limit_val_batches=0",
     "++trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false", "model.clf_attack.steps=1",
     "callbacks.fid=null", "callbacks.sample_grid=null", "callbacks.last_checkpoint=null",
     "callbacks.stage1_checkpoint=null",
@@ -269,7 +269,7 @@ METHOD_STEP_SIZES = {"cifar10_jem_wrn28": ["model.chain.steps=2", "model.buffer.
 
 
 @pytest.mark.parametrize("name", sorted(METHOD_STEP_SIZES))
-def test_method_experiment_takes_one_training_step(name, tmp_path):
+def test_method_experiment_takes_its_first_training_steps(name, tmp_path):
     cfg = compose_experiment(tmp_path, name, *METHOD_STEP, *METHOD_STEP_SIZES[name])
     module = hydra.utils.instantiate(cfg.model)
     trainer = make_trainer(cfg)
@@ -280,9 +280,10 @@ def test_method_experiment_takes_one_training_step(name, tmp_path):
 
     batch = {"clf": (images(), torch.tensor([1, 7])), "gen": (images(), torch.tensor([3, 2])), "ood": images()}
     before = {n: p.detach().clone() for n, p in module.net.named_parameters()}
-    trainer.fit(module, train_dataloaders=DataLoader(range(1), batch_size=None, collate_fn=lambda _: batch))
-    assert trainer.global_step == 1 and module.stage == 1 and module.divergence.total == 0
+    trainer.fit(module, train_dataloaders=DataLoader(range(2), batch_size=None, collate_fn=lambda _: batch))
+    assert trainer.global_step == 2 and module.stage == 1 and module.divergence.total == 0
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    # two steps: the first of JEM, JEM++ and EB-JDAT runs at LR 0, where their warm-up starts
     assert any(not torch.equal(before[n], p) for n, p in module.net.named_parameters())
 
 

@@ -4,7 +4,8 @@ Guarantees:
 - A stage-two run interrupted mid-epoch (a real SIGUSR1 to the training process; the Preemption
   callback saves ``checkpoints/last.ckpt`` at the end of the step and stops the run) and resumed
   from that checkpoint ends with the same weights, EMA weights, optimizer and LR-scheduler state,
-  curriculum T and AUC window, and global step as an uninterrupted run of the same length.
+  curriculum T and AUC window, and global step as an uninterrupted run of the same length, also
+  in the middle of an LR warm-up.
 - The resumed steps see exactly the batches the uninterrupted run saw at those steps (same data
   order, same augmentation: each item carries its own augmentation seed), and BatchNorm is still
   frozen in stage two after resuming.
@@ -44,6 +45,8 @@ RUN = (
     "callbacks.curriculum.auc_threshold=0.0",
     "callbacks.curriculum.min_imgs_per_threshold=48",
     "callbacks.curriculum.max_steps=3",
+    # an LR warm-up over the whole run: the resumed steps must take up its factor where it stopped
+    f"model.lr_warmup_steps={2 * STEPS_PER_EPOCH + 1}",
 )
 
 

@@ -31,6 +31,7 @@ from dat_lightning.energy import marginal_energy
 from dat_lightning.fused import fusion_blocker
 from dat_lightning.losses import DATObjective
 from dat_lightning.sampling import ChainSettings
+from dat_lightning.warmup import linear_warmup_factor, scaled_lr
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class DATModule(LightningModule):
         optimizer_stage1/optimizer_stage2: partial optimizers taking ``params``.
         scheduler_stage1/scheduler_stage2: partial LR schedulers taking ``optimizer``, stepped
             once per epoch of their stage; None keeps the LR constant.
+        lr_warmup_steps: the run's first optimizer steps scale the scheduled LR linearly from 0
+            (JEM, JEM++ and EB-JDAT warm up over 1000; :mod:`dat_lightning.warmup`); 0: none.
         stage2_start_epoch: the epoch at which stage two starts (0 needs ``init_ckpt``).
         init_ckpt: stage-one weights (training checkpoint or plain state dict) to start from.
         init_ckpt_ema: take the EMA weights of a training checkpoint (if it has them).
@@ -92,6 +95,7 @@ class DATModule(LightningModule):
         compile_kwargs: Mapping[str, Any] | None = None,
         max_bad_steps: int = 10,
         max_abs_loss: float | None = 1e3,
+        lr_warmup_steps: int = 0,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -113,6 +117,8 @@ class DATModule(LightningModule):
         self.optimizer_stage2 = optimizer_stage2
         self.scheduler_stage1 = scheduler_stage1
         self.scheduler_stage2 = scheduler_stage2
+        self.lr_warmup_steps = int(lr_warmup_steps)
+        linear_warmup_factor(0, self.lr_warmup_steps)  # a negative warm-up fails here, not at step one
         self.stage2_start_epoch = stage2_start_epoch
         self.gen_steps: int | None = None  # the chain length T, set by the curriculum callback
         self.divergence = DivergenceGuard(max_bad_steps, max_abs_loss)
@@ -191,7 +197,11 @@ class DATModule(LightningModule):
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         if self.divergence.step_ok(loss, self.net, self.trainer.strategy):
-            optimizer.step()
+            # global_step counts the optimizer steps taken before this one (skipped steps do not count)
+            warmup = linear_warmup_factor(self.trainer.global_step, self.lr_warmup_steps)
+            stats["lr"] = torch.tensor(float(optimizer.param_groups[0]["lr"]) * warmup)
+            with scaled_lr(optimizer, warmup):
+                optimizer.step()
         else:
             # Skipped: no optimizer step (so no EMA update either: it follows the step count),
             # no "auc" (so no curriculum update), BatchNorm statistics as before the step.

@@ -130,6 +130,7 @@ def test_a_diverging_jem_run_stops_with_its_own_causes(tmp_path):
         fit_tiny(tmp_path, ["method=jem", *SMALL_BUFFER, "model.chain.noise=1e38", "model.max_bad_steps=2"])
     message = str(stopped.value)
     assert "2 consecutive steps" in message and "model.chain.step_size" in message and "method.optimizer.lr" in message
+    assert "model.lr_warmup_steps=1000" in message  # JEM's warm-up, with this run's value
 
 
 def test_a_runaway_energy_stops_an_eb_jdat_run_before_any_nan(tmp_path):

@@ -154,11 +154,12 @@ class EnergyModule(DATModule):
         lr = self.active_optimizer().param_groups[0]["lr"]
         return (f"(1) the sampler's steps too large (model.chain.step_size={self.chain.step_size}, "
                 f"{self.chain.steps} steps of {self.chain.sampler.name}); (2) learning rate too high "
-                f"(lr={lr:.3g}: method.optimizer.lr); (3) the energy term outgrowing CE, as JEM is known to "
+                f"(lr={lr:.3g}: method.optimizer.lr; a longer warm-up: model.lr_warmup_steps="
+                f"{self.lr_warmup_steps}); (3) the energy term outgrowing CE, as JEM is known to "
                 f"(model.px_weight={self.px_weight}; watch train/loss_px: energies running apart without "
                 f"bound end at chance accuracy before any NaN)"
                 + (f"; (4) EB-JDAT's adversarial energy term (model.adversarial.energy_weight="
-                   f"{self.adversarial.energy_weight}; its code warms the learning rate up over 1000 steps)"
+                   f"{self.adversarial.energy_weight})"
                    if self.adversarial is not None else "") + ".\n"
                 "Fix the cause and train again (one stage: nothing to keep from before the divergence).")
 

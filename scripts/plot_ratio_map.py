@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from dat_lightning.figures import save_figure
+from dat_lightning.figures import pyplot, save_figure
 
 TARGET = 2.5
 ROBUSTNESS_BUDGET = -3.0  # AutoAttack points stage two may lose
@@ -61,10 +61,7 @@ def read_settings(markdown: str) -> list[Setting]:
 
 
 def plot(settings: list[Setting], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
     ax.fill_between([TARGET, 3.0], TARGET, 3.0, color="tab:green", alpha=0.15, label=f"the claim: >= {TARGET}x under both")

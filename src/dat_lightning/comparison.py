@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from dat_lightning.checkpoints import read_checkpoint
-from dat_lightning.figures import save_figure
+from dat_lightning.figures import pyplot, save_figure
 
 COLUMNS = ("method", "clean acc. (%)", "AutoAttack robust acc. (%)", "FID (judge)", "judge agreement (%)",
            "FID (Inception-v3)", "pixels at 255 (%)", "ECE (%)", "samples drawn by", "training", "diverged")
@@ -111,10 +111,7 @@ def side_by_side(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     grids = [(r["method"], r["grid"]) for r in rows if r.get("grid") and Path(r["grid"]).is_file()]
     if not grids:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(grids), figsize=(3.2 * len(grids), 3.6), squeeze=False)
     for ax, (method, grid) in zip(axes[0], grids, strict=True):

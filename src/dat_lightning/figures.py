@@ -7,6 +7,16 @@ from pathlib import Path
 import numpy as np
 
 
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend: figures go to files, no display is needed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
     """Save ``fig`` to ``path`` (parent folders created) and close it, so loops don't leak figures."""
     import matplotlib.pyplot as plt
@@ -20,10 +30,7 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
 
 def plot_curve(steps: list[int], values: list[float], ylabel: str, path: Path, title: str = "") -> Path:
     """A line plot of a score against the chain length T (matplotlib, Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     ax.plot(steps, values, "o-")

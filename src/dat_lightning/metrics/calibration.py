@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from dat_lightning.figures import save_figure
+from dat_lightning.figures import pyplot, save_figure
 
 
 def expected_calibration_error(logits: Tensor, labels: Tensor, n_bins: int = 20) -> float:
@@ -36,10 +36,7 @@ def reliability_bins(logits: Tensor, labels: Tensor, n_bins: int = 20) -> dict[s
 
 def plot_reliability_diagram(bins: dict[str, Tensor], ece: float, path: str | Path, title: str = "") -> Path:
     """Accuracy per confidence bin against the diagonal, with the share of samples per bin below."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     lower, upper = bins["lower"].numpy(), bins["upper"].numpy()
     width = upper - lower

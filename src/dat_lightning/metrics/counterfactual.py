@@ -14,7 +14,7 @@ from torch import Tensor
 
 from dat_lightning.attacks import pgd_maximize
 from dat_lightning.energy import joint_energy
-from dat_lightning.figures import save_figure
+from dat_lightning.figures import pyplot, save_figure
 
 
 def counterfactual_targets(labels: Tensor, num_classes: int, generator: torch.Generator | None = None) -> Tensor:
@@ -45,10 +45,7 @@ def plot_counterfactual_grid(inputs: Tensor, by_eps: Sequence[Tensor], eps: Sequ
                              targets: Tensor, path: str | Path, confidences: Sequence[Tensor] | None = None,
                              class_names: Sequence[str] | None = None) -> Path:
     """A grid: rows = inputs, first column the input, then one column per eps (with p(y'|x))."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     def name(c: int) -> str:
         return class_names[c] if class_names else str(c)

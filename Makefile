@@ -88,10 +88,12 @@ compare: install
 bench: install
 	$(PY) -m bench.run
 
-# The stage-one model the default's stage two starts from (src/dat_lightning/weights), made again:
-# the default's stage one alone, 1200 steps, about 5 min on 2 cores.
+# The stage-one models the package ships (src/dat_lightning/weights), made again: the default's and
+# make reproduce's (+experiment=fmnist_reproduce) stage one alone, 1200 steps, about 5 min each on 2 cores.
 stage1-checkpoint: install
 	bash scripts/make_stage1_checkpoint.sh
+	bash scripts/make_stage1_checkpoint.sh src/dat_lightning/weights/fmnist_wrn10_silu_stage1.ckpt \
+	  outputs/stage1_checkpoint_silu +experiment=fmnist_reproduce
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -18,7 +18,7 @@ from dat_lightning.figures import pyplot, save_figure
 
 TARGET = 2.5
 ROBUSTNESS_BUDGET = -3.0  # AutoAttack points stage two may lose
-HEADER = "| setting (what differs from `make reproduce`)"
+HEADER = "| setting (what differs from the ReLU recipe"
 
 
 @dataclass(frozen=True)

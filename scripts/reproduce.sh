@@ -266,7 +266,8 @@ lines = [
     "|---|---:|---:|",
     *[f"| {a} | {b} | {c} |" for a, b, c in rows],
     "",
-    f"Sampling: T={samp['steps']} steps of size {samp['step_size']:g} from seeds `{samp['seeds']}`, the same seeds "
+    f"Sampling: T={samp['steps']} steps of size {samp['step_size']:g} from seeds `{samp['seeds']}` "
+    f"({samp['seed_source']}), the same seeds "
     f"and T for both models. Scores from {name} are not Inception FID/IS.",
     f"Stage two = the best-FID checkpoint of the stage-two run under {name} (end of its epoch {best['epoch'] + 1}, "
     f"{best['global_step']} stage-two steps; stage one: {first['global_step']} steps).",

@@ -16,7 +16,8 @@ from dat_lightning.data.datasets import DatasetNotFoundError
 from helpers import compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
-BIG = [name for name in EXPERIMENTS if name != "fmnist_dat"]  # the GPU-sized ones
+FMNIST = ("fmnist_dat", "fmnist_reproduce")  # the CPU default and `make reproduce`'s recipe
+BIG = [name for name in EXPERIMENTS if name not in FMNIST]  # the GPU-sized ones
 
 # The authors' numbers (docs/algorithm.md, "The authors' settings"), per experiment:
 # config key -> value.
@@ -157,6 +158,27 @@ def test_fmnist_dat_is_the_cli_default(tmp_path):
     assert a == b
 
 
+def flat(tree, prefix=""):
+    """``{"a.b": leaf}`` for a nested config container."""
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+
+
+def test_fmnist_reproduce_is_the_default_with_its_recipe_only(tmp_path):
+    """`make reproduce`'s experiment changes the settings docs/reproduce_ratio.md measured, and
+    nothing else of the default (its curriculum, LR, attacks, data stay the default's)."""
+    default, recipe = (flat(OmegaConf.to_container(c, resolve=True)) for c in
+                       (compose_config(tmp_path, [], tiny=False), compose_experiment(tmp_path, "fmnist_reproduce")))
+    changed = {k for k in default.keys() | recipe.keys() if default.get(k, "absent") != recipe.get(k, "absent")}
+    follow = {"trainer.max_epochs", "model.init_ckpt", "callbacks.fid.steps", "callbacks.sample_grid.steps"}
+    assert changed - follow == {"task_name", "init_ckpt", "stage2_epochs", "model.net.act_layer", "model.bce_weight",
+                                "data.ood.box", "data.ood.max_shift", "sampling.steps"}
+    assert (recipe["model.net.act_layer"], recipe["model.bce_weight"], recipe["sampling.steps"]) == ("silu", 2.0, 25)
+    assert (recipe["data.ood.box"], recipe["data.ood.max_shift"], recipe["stage2_epochs"]) == (26, 1, 20)
+    assert recipe["init_ckpt"].endswith("fmnist_wrn10_silu_stage1.ckpt")
+
+
 def fake_pil(height: int, width: int, channels: int) -> Image.Image:
     g = torch.Generator().manual_seed(0)
     pixels = (torch.rand(height, width, 3, generator=g) * 255).to(torch.uint8).numpy()
@@ -169,7 +191,7 @@ def test_experiment_instantiates_data_trainer_and_callbacks(name, tmp_path, monk
     monkeypatch.setenv("DATA_ROOT", str(tmp_path / "no_data_here"))
     cfg = compose_experiment(tmp_path, name, *CPU)
     size, channels = cfg.data.image_size, cfg.data.channels
-    if name == "fmnist_dat":  # the one dataset on this machine: the whole stack, as `train` does
+    if name in FMNIST:  # the one dataset on this machine: the whole stack, as `train` does
         datamodule, module, trainer = build(cfg)
         datamodule.setup("fit")
         assert module.net.num_classes == datamodule.num_classes == 10

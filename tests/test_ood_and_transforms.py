@@ -91,6 +91,7 @@ def test_handwritten_digits_are_centred_objects_on_black():
     assert not torch.equal(image, HandwrittenDigits(28, 1, length=40, seed=1)[3])
     assert len({digits[i].sum().item() for i in range(40)}) > 30  # distinct digits and placements
     assert len(digits.digits) == 1797  # the whole bundled set, offline
+    assert "box=20, max_shift=2" in repr(digits)  # reports label the seeds with their geometry
 
     color = HandwrittenDigits(size=32, channels=3, length=2)
     assert color[0].shape == (3, 32, 32) and torch.equal(color[0][0], color[0][2])

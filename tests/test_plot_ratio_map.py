@@ -23,7 +23,7 @@ plot_ratio_map = _load_script()
 
 TABLE = """intro
 
-| setting (what differs from `make reproduce`) | judge FID ratio | Inception FID ratio | AutoAttack change (points) | section |
+| setting (what differs from the ReLU recipe, `make reproduce` until 2026-12-03) | judge FID ratio | Inception FID ratio | AutoAttack change (points) | section |
 |---|---:|---:|---:|---|
 | none (`make reproduce`) | 1.96x | 1.75x | -1.6 | first |
 | `bce_weight` 4 | 2.17x | **2.18x** | **-7.3** | weights |

@@ -213,7 +213,7 @@ class HandwrittenDigits(_GeneratedSource):
     def __repr__(self) -> str:
         return (
             f"HandwrittenDigits(size={self.size}, channels={self.channels}, length={self.length}, "
-            f"seed={self.seed})"
+            f"seed={self.seed}, box={self.box}, max_shift={self.max_shift})"
         )
 
 

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from dat_lightning.cli.run_directory import flatten_config
 from dat_lightning.cli.train import build, make_trainer
 from dat_lightning.config import CONFIG_DIR
 from dat_lightning.data.datasets import DatasetNotFoundError
@@ -158,17 +159,10 @@ def test_fmnist_dat_is_the_cli_default(tmp_path):
     assert a == b
 
 
-def flat(tree, prefix=""):
-    """``{"a.b": leaf}`` for a nested config container."""
-    if not isinstance(tree, dict):
-        return {prefix[:-1]: tree}
-    return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
-
-
 def test_fmnist_reproduce_is_the_default_with_its_recipe_only(tmp_path):
     """`make reproduce`'s experiment changes the settings docs/reproduce_ratio.md measured, and
     nothing else of the default (its curriculum, LR, attacks, data stay the default's)."""
-    default, recipe = (flat(OmegaConf.to_container(c, resolve=True)) for c in
+    default, recipe = (flatten_config(OmegaConf.to_container(c, resolve=True)) for c in
                        (compose_config(tmp_path, [], tiny=False), compose_experiment(tmp_path, "fmnist_reproduce")))
     changed = {k for k in default.keys() | recipe.keys() if default.get(k, "absent") != recipe.get(k, "absent")}
     follow = {"trainer.max_epochs", "model.init_ckpt", "callbacks.fid.steps", "callbacks.sample_grid.steps"}

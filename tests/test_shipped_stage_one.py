@@ -19,8 +19,9 @@ from helpers import cli_env, compose_config
 
 SHIPPED = WEIGHTS_DIR / "fmnist_wrn10_stage1.ckpt"
 # (config overrides, the shipped stage-one model its stage two starts from)
-SHIPPED_MODELS = [([], SHIPPED),
-                  (["+experiment=fmnist_reproduce"], WEIGHTS_DIR / "fmnist_wrn10_silu_stage1.ckpt")]
+SHIPPED_MODELS = [pytest.param([], SHIPPED, id="default"),
+                  pytest.param(["+experiment=fmnist_reproduce"], WEIGHTS_DIR / "fmnist_wrn10_silu_stage1.ckpt",
+                               id="fmnist_reproduce")]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -30,7 +31,7 @@ def network_weights(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
 
 
-@pytest.mark.parametrize("overrides, path", SHIPPED_MODELS, ids=["default", "fmnist_reproduce"])
+@pytest.mark.parametrize("overrides, path", SHIPPED_MODELS)
 def test_the_config_starts_stage_two_from_its_shipped_model(tmp_path, overrides, path):
     cfg = compose_config(tmp_path, overrides, tiny=False)
     assert cfg.stage1_epochs == 0 and cfg.init_ckpt == str(path) and path.is_file()
@@ -56,7 +57,7 @@ def test_only_a_run_without_stage_one_takes_the_shipped_model(tmp_path, override
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides, path", SHIPPED_MODELS, ids=["default", "fmnist_reproduce"])
+@pytest.mark.parametrize("overrides, path", SHIPPED_MODELS)
 def test_the_documented_command_makes_the_shipped_model_bit_for_bit(tmp_path, overrides, path):
     out = tmp_path / "stage1.ckpt"
     result = subprocess.run(["bash", str(ROOT / "scripts" / "make_stage1_checkpoint.sh"), str(out),

@@ -146,11 +146,12 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
 
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_config(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": leaf}`` for a nested config container."""
     if isinstance(tree, Mapping):
         out: dict[str, Any] = {}
         for key, value in tree.items():
-            out |= _flatten(value, f"{prefix}.{key}" if prefix else str(key))
+            out |= flatten_config(value, f"{prefix}.{key}" if prefix else str(key))
         return out
     return {prefix: tree}
 
@@ -166,7 +167,7 @@ def config_differences(recorded: Mapping[str, Any], new: Mapping[str, Any]) -> d
     they were under the new one, so a checkpoint resumed in another directory, or with another
     ``DAT_CACHE``, differs only where it really does.
     """
-    old_flat, new_flat = _flatten(recorded), _flatten(new)
+    old_flat, new_flat = flatten_config(recorded), flatten_config(new)
     moves = [(str(old_flat[key]).rstrip("/"), str(new_flat[key]).rstrip("/"))
              for key in old_flat if key.startswith("paths.") and new_flat.get(key)]
     # the longest recorded directory first (the cache may lie inside the run directory); never "/"
